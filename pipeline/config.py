@@ -1,0 +1,155 @@
+"""Settings from ``CREDITWATCH_*`` environment variables (CONTRACT §4).
+
+Read once at start; a bad value stops the start with one line naming the
+variable. Secrets (the Slack token) are kept out of ``repr`` so that they are
+never printed or logged by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Mapping
+
+from pipeline.codes import CURRENCIES
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming it."""
+
+
+#: Value of one unit of each currency in the base currency. Used only when a
+#: customer is invoiced or pays in a currency other than its limit currency.
+#: Production sets CREDITWATCH_FX_RATES from its treasury feed.
+DEFAULT_FX_RATES: dict[str, Decimal] = {
+    "EUR": Decimal("1"),
+    "USD": Decimal("0.92"),
+    "GBP": Decimal("1.17"),
+    "CHF": Decimal("1.05"),
+    "SEK": Decimal("0.088"),
+    "NOK": Decimal("0.086"),
+    "DKK": Decimal("0.134"),
+    "PLN": Decimal("0.23"),
+    "CZK": Decimal("0.04"),
+    "JPY": Decimal("0.0062"),
+    "CAD": Decimal("0.68"),
+    "AUD": Decimal("0.61"),
+}
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """What the pure ledger needs to know besides the events."""
+
+    base_currency: str = "EUR"
+    fx_rates: Mapping[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_FX_RATES))
+    #: DSO looks back this many days of credit sales.
+    dso_window_days: int = 90
+    #: A settled invoice (and the payments that settled it) leaves the state
+    #: this many days after settlement; see ``pipeline.ledger`` for what that
+    #: bounds and what it gives up.
+    retention_days: int = 180
+    #: How many recent event ids each customer remembers for duplicate detection.
+    seen_ids: int = 256
+    #: Days after ``promised_on`` before an unkept promise counts as broken.
+    promise_grace_days: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "kafka://127.0.0.1:9092"
+    database_url: str = ""
+    topic_prefix: str = "credit."
+    partitions: int = 8
+    data_dir: Path = Path("data")
+    consumer_group: str = "creditwatch"
+    #: How long the broker may hold a fetch waiting for data. faust hard-codes
+    #: 1500 ms; the embedded broker answers an empty fetch only at the deadline,
+    #: so a low value is what keeps event-to-alert latency low there.
+    fetch_max_wait_ms: int = 20
+    slack_channel: str = ""
+    slack_bot_token: str = field(default="", repr=False)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port list for Kafka clients (without the ``kafka://`` scheme)."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(","))
+
+    def topic(self, kind: str) -> str:
+        """Full topic name for ``invoices``, ``payments``, ``customers``, ``alerts``, ``deadletter``."""
+        return f"{self.topic_prefix}{kind}"
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic("invoices"), self.topic("payments"), self.topic("customers"))
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'creditwatch.db'}"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _fx_rates(raw: str) -> dict[str, Decimal]:
+    """``USD=0.92,GBP=1.17`` → rates, each the value of one unit in the base currency."""
+    rates: dict[str, Decimal] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        code, _, value = item.partition("=")
+        code = code.strip().upper()
+        if code not in CURRENCIES:
+            raise ConfigError(f"CREDITWATCH_FX_RATES: {code!r} is not an ISO 4217 currency code")
+        try:
+            rate = Decimal(value.strip())
+        except InvalidOperation:
+            raise ConfigError(f"CREDITWATCH_FX_RATES: rate for {code} ({value!r}) is not a number") from None
+        if not rate.is_finite() or rate <= 0:
+            raise ConfigError(f"CREDITWATCH_FX_RATES: rate for {code} must be > 0")
+        rates[code] = rate
+    return rates
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
+    if base not in CURRENCIES:
+        raise ConfigError(f"CREDITWATCH_BASE_CURRENCY={base!r} is not an ISO 4217 currency code")
+    rates = dict(DEFAULT_FX_RATES) if base == "EUR" else {base: Decimal(1)}
+    if env.get("CREDITWATCH_FX_RATES"):
+        rates.update(_fx_rates(env["CREDITWATCH_FX_RATES"]))
+    rates[base] = Decimal(1)
+    broker_url = env.get("CREDITWATCH_BROKER_URL", "kafka://127.0.0.1:9092").strip()
+    if not broker_url:
+        raise ConfigError("CREDITWATCH_BROKER_URL is empty")
+    if "://" not in broker_url:
+        broker_url = f"kafka://{broker_url}"
+    return Settings(
+        broker_url=broker_url,
+        database_url=env.get("CREDITWATCH_DATABASE_URL", ""),
+        topic_prefix=env.get("CREDITWATCH_TOPIC_PREFIX", "credit."),
+        partitions=_int(env, "CREDITWATCH_PARTITIONS", 8, 1, 1024),
+        data_dir=Path(env.get("CREDITWATCH_DATA_DIR", "data")),
+        consumer_group=env.get("CREDITWATCH_CONSUMER_GROUP", "creditwatch"),
+        fetch_max_wait_ms=_int(env, "CREDITWATCH_FETCH_MAX_WAIT_MS", 20, 0, 60_000),
+        slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
+        slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
+        ledger=LedgerConfig(
+            base_currency=base,
+            fx_rates=rates,
+            dso_window_days=_int(env, "CREDITWATCH_DSO_WINDOW_DAYS", 90, 7, 730),
+            retention_days=_int(env, "CREDITWATCH_RETENTION_DAYS", 180, 30, 3650),
+        ),
+    )
