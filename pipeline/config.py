@@ -69,6 +69,13 @@ class Settings:
     #: 1500 ms; the embedded broker answers an empty fetch only at the deadline,
     #: so a low value is what keeps event-to-alert latency low there.
     fetch_max_wait_ms: int = 20
+    #: Consumer-group session timeout. Apache Kafka refuses less than its
+    #: group.min.session.timeout.ms (6 s by default); on the embedded broker
+    #: a group (re)join waits about this long, so dev and tests use 2 s.
+    session_timeout_s: float = 6.0
+    #: How many events one batch may hold, and how long to wait to fill it.
+    batch_max: int = 1000
+    batch_wait_s: float = 0.02
     slack_channel: str = ""
     slack_bot_token: str = field(default="", repr=False)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -144,6 +151,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("CREDITWATCH_DATA_DIR", "data")),
         consumer_group=env.get("CREDITWATCH_CONSUMER_GROUP", "creditwatch"),
         fetch_max_wait_ms=_int(env, "CREDITWATCH_FETCH_MAX_WAIT_MS", 20, 0, 60_000),
+        session_timeout_s=_int(env, "CREDITWATCH_SESSION_TIMEOUT_MS", 6000, 1000, 300_000) / 1000,
+        batch_max=_int(env, "CREDITWATCH_BATCH_MAX", 1000, 1, 100_000),
+        batch_wait_s=_int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000) / 1000,
         slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
         ledger=LedgerConfig(

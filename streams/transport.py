@@ -1,0 +1,93 @@
+"""faust's aiokafka transport with the two changes creditwatch needs.
+
+1. ``fetch_max_wait_ms`` is configurable. faust hard-codes 1500 ms; the
+   embedded broker answers a fetch with no new data only at that deadline, so
+   an untuned worker adds up to 1.5 s to every event.
+
+2. Table recovery takes each changelog partition's end offset from a Fetch
+   response's high watermark, not from ListOffsets. The embedded Tansu build
+   answers ListOffsets(latest) with the last record batch's base offset + 1
+   (pinned by ``tests/test_embedded_broker.py``), and faust reads a changelog
+   only up to that offset, so a table came back from SIGKILL missing the
+   updates of the last batch. The high watermark in a Fetch response is right
+   on Tansu and is the same figure ListOffsets gives on Apache Kafka, so this
+   is exact on both.
+
+The transport is registered under the URL scheme ``creditwatch-kafka://``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Mapping
+
+from aiokafka.protocol.fetch import FetchRequest
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+SCHEME = "creditwatch-kafka"
+
+#: Set by the worker before the app starts (one worker per process).
+FETCH_MAX_WAIT_MS = 20
+#: Only for the test that shows why the fetch-based end offsets matter.
+NAIVE_RECOVERY = False
+
+
+class HighwaterError(RuntimeError):
+    pass
+
+
+async def fetch_high_watermarks(client: Any, partitions: Iterable[TP], starts: Mapping[TP, int]) -> dict[TP, int]:
+    """End offset of each partition, from the high watermark a Fetch returns."""
+    by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
+    wanted = list(partitions)
+    for tp in wanted:
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            raise HighwaterError(f"no leader known for {tp.topic}[{tp.partition}]")
+        # Fetch at most one byte: only the header (with the high watermark) is wanted.
+        by_leader[leader][tp.topic].append((tp.partition, starts[tp], 1))
+    result: dict[TP, int] = {}
+    for leader, topics in by_leader.items():
+        # max_wait must be > 0: Tansu answers max_wait=0 with no topics at all.
+        response = await client.send(leader, FetchRequest(100, 0, 1, 0, list(topics.items())))
+        for topic, parts in response.topics:
+            for partition, error, high_watermark, *_ in parts:
+                if error:
+                    raise HighwaterError(f"fetch for the end of {topic}[{partition}] failed with error code {error}")
+                result[TP(topic, partition)] = high_watermark
+    missing = set(wanted) - set(result)
+    if missing:
+        raise HighwaterError(f"no high watermark returned for {sorted(missing)}")
+    return result
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka copies this into its Fetcher in start(), which comes later.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    async def _highwaters(self, partitions: Any) -> Mapping[TP, int]:
+        if NAIVE_RECOVERY or self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        consumer = self._ensure_consumer()
+        partitions = list(partitions)
+        if not partitions:
+            return {}
+        starts = await consumer.beginning_offsets(partitions)
+        return await fetch_high_watermarks(consumer._client, partitions, starts)
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+
+
+drivers.TRANSPORTS.aliases[SCHEME] = f"{__name__}:Transport"

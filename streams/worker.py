@@ -1,0 +1,69 @@
+"""``creditwatch worker``: check the topic layout, then run the faust app."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pipeline.config import Settings
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start; the message is one line."""
+
+
+def quiet_logging(level: int = logging.WARNING) -> None:
+    """Our own log format; faust, mode and aiokafka only speak up when it matters.
+
+    faust's worker sets the root logger to DEBUG under ``-l warn`` (its spinner
+    handler), which costs about 30 % of throughput in formatting alone.
+    """
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    for name in ("faust", "mode", "aiokafka", "kafka", "venusian"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def prepare_topics(settings: Settings) -> None:
+    """Create what is missing with the configured partition count; refuse a bad layout.
+
+    faust creates no source topics, and the embedded broker auto-creates an
+    unknown topic with 4 partitions whatever the app declares, so every topic
+    is created here before any client can touch it.
+    """
+    from streams.admin import TopicLayoutError, check_copartitioned, ensure_topics
+    from streams.app import changelog_topic_name
+
+    wanted = {topic: settings.partitions for topic in settings.input_topics}
+    wanted[changelog_topic_name(settings)] = settings.partitions
+    wanted[settings.topic("deadletter")] = settings.partitions
+    wanted[settings.topic("alerts")] = settings.partitions
+    try:
+        ensure_topics(settings.bootstrap_servers, wanted)
+        check_copartitioned(settings.bootstrap_servers, [*settings.input_topics, changelog_topic_name(settings)])
+    except TopicLayoutError as problem:
+        raise WorkerStartError(str(problem)) from None
+    except Exception as problem:  # noqa: BLE001 - any client failure is one line for the user
+        raise WorkerStartError(f"cannot prepare topics on {settings.bootstrap_servers}: {problem}") from None
+
+
+def run_worker(settings: Settings) -> int:
+    import faust
+
+    from streams.app import build_app
+
+    quiet_logging()
+    try:
+        prepare_topics(settings)
+    except WorkerStartError as problem:
+        print(f"creditwatch: error: {problem}", file=sys.stderr)
+        return 2
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel="warn", redirect_stdouts=False, quiet=True, override_logging=False)
+    worker.spinner = None  # its handler is what forces the root logger to DEBUG
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stopped:
+        return int(stopped.code or 0)
+    return 0
