@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole system on one machine with embedded defaults")
     demo.add_argument("--port", type=_port, default=None, help="broker port (default: a free one)")
     demo.add_argument("--events", type=_existing_file, default=None, help="JSONL events to ingest (default: the bundled examples)")
+    demo.add_argument("--once", action="store_true", help="print the positions and stop instead of running on")
     demo.set_defaults(handler=_cmd_demo)
 
     broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker on 127.0.0.1")
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="write one JSON Schema per event type")
     schema.add_argument("--out", type=Path, default=Path("schemas"), help="directory to write into (default: ./schemas)")
     schema.set_defaults(handler=_cmd_schema)
+
+    backtest = commands.add_parser("backtest", help="replay events offline through the same detectors and models")
+    backtest.add_argument("file", type=_existing_file, metavar="FILE.jsonl")
+    backtest.add_argument("--config", type=_existing_file, default=None, help="thresholds file (TOML)")
+    backtest.add_argument("--json", action="store_true", help="print one JSON object")
+    backtest.add_argument("--until", default=None, help="run the clock on to this day (YYYY-MM-DD) after the last event")
+    backtest.add_argument("--no-models", action="store_true", help="rules only")
+    backtest.set_defaults(handler=_cmd_backtest)
 
     customer = commands.add_parser("customer", help="customer commands")
     customer_commands = customer.add_subparsers(dest="customer_command", metavar="ACTION", parser_class=_Parser)
@@ -141,6 +150,37 @@ def _cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import date
+
+    from detectors.config import ThresholdError, load_thresholds
+    from pipeline.backtest import ProgressBar, build_engine, run_backtest
+
+    try:
+        thresholds = load_thresholds(args.config)
+    except ThresholdError as problem:
+        raise UserError(str(problem)) from None
+    try:
+        until = date.fromisoformat(args.until) if args.until else None
+    except ValueError:
+        raise UserError(f"--until {args.until!r} is not a date written YYYY-MM-DD") from None
+    engine = build_engine(thresholds, settings.ledger, with_models=not args.no_models)
+    with args.file.open("rb") as handle:
+        total = sum(1 for _ in handle)
+    bar = ProgressBar(total) if total >= 20_000 or sys.stderr.isatty() else None
+    with args.file.open("rb") as handle:
+        result = run_backtest(handle, engine, progress=bar, until=until)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.to_json(), default=str))
+        return 0
+    from pipeline.report import format_backtest
+
+    print(format_backtest(result))
+    return 0
+
+
 def _cmd_customer_show(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import date
 
@@ -166,7 +206,7 @@ def _cmd_customer_show(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, port=args.port, events_file=args.events)
+    return run_demo(settings, port=args.port, events_file=args.events, once=args.once)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from typing import Any
+
 from pipeline.ledger import AGING_BUCKETS, Position
 
 
@@ -44,4 +46,23 @@ def format_position(pos: Position) -> str:
         lines.append(f"  promise: {promise['amount']:,.2f} by {promise['promised_on']} ({promise['invoice_id'] or 'account'})")
     for item in pos.held:
         lines.append(f"  held: {item}")
+    return "\n".join(lines)
+
+
+def format_backtest(result: Any) -> str:
+    lines = [f"{result.events:,} events replayed in {result.seconds:.1f} s "
+             f"({result.events / max(result.seconds, 1e-9):,.0f}/s), {result.ticks:,} clock ticks"]
+    if result.rejected:
+        lines.append(f"{len(result.rejected)} line{'s' if len(result.rejected) != 1 else ''} rejected:")
+        lines.extend(f"  line {item['line']}: {item['reason']}" for item in result.rejected[:50])
+        if len(result.rejected) > 50:
+            lines.append(f"  … and {len(result.rejected) - 50} more")
+    lines.append(f"{len(result.alerts)} alerts: " + (", ".join(f"{name} {count}" for name, count in result.by_detector.items()) or "none"))
+    if result.model:
+        shown = {key: value for key, value in result.model.items() if isinstance(value, (int, float, str))}
+        lines.append("model: " + ", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+                                           for key, value in shown.items()))
+    for alert in sorted(result.alerts.values(), key=lambda a: (a["raised_at"], a["alert_id"])):
+        lines.append(f"  {alert['raised_at'][:10]}  {alert['severity']:<8} {alert['customer_id']:<12} "
+                     f"{alert['detector']:<20} {alert['title']}")
     return "\n".join(lines)

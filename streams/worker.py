@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from pipeline.config import Settings
@@ -53,6 +54,15 @@ def run_worker(settings: Settings) -> int:
     from streams.app import build_app
 
     quiet_logging()
+    if os.environ.get("CREDITWATCH_NAIVE_RECOVERY") == "1":
+        # Test-only: faust's own ListOffsets-based recovery ends, which lose the
+        # last changelog batch on Tansu (see streams.transport). Exists so that
+        # tests/test_worker.py can show its recovery test detects that defect.
+        from streams import transport
+
+        transport.NAIVE_RECOVERY = True
+        print("creditwatch: warning: CREDITWATCH_NAIVE_RECOVERY=1 (test only): table recovery may lose updates",
+              file=sys.stderr, flush=True)
     try:
         prepare_topics(settings)
     except WorkerStartError as problem:

@@ -51,3 +51,24 @@ def broker():
 def unique_prefix() -> str:
     """A fresh topic prefix such as ``t1a2b3c4d.`` so tests sharing the broker never collide."""
     return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Factory for ``creditwatch worker`` subprocesses (``tests.worker_harness.WorkerProcess``).
+
+    ``workers(env)`` starts one, its stdout/stderr in ``tmp_path/workers/``; all
+    still running at the end of the test are SIGKILLed.
+    """
+    from tests.worker_harness import WorkerProcess
+
+    started: list[WorkerProcess] = []
+
+    def start(env, name: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / "workers", name=name or f"worker{len(started) + 1}")
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop_quietly()

@@ -19,7 +19,7 @@ from pipeline.ledger import (
     state_from_dict,
     state_to_dict,
 )
-from tests.ledger_helpers import invoice, make, payment, register
+from pipeline.builders import invoice, make, payment, register
 
 from pathlib import Path
 

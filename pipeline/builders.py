@@ -1,4 +1,4 @@
-"""Builders for ledger tests: validated events with little ceremony."""
+"""Builders of validated events with little ceremony (tests, doctests, simulations)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Rule detectors: thresholds a credit controller would recognise."""

@@ -1,0 +1,229 @@
+"""The risk engine: ledger → models → detectors → alerts, for one customer at a time.
+
+Used unchanged by the live worker (clock = system time, ticks from a timer)
+and by the backtest (clock = event time, a tick for each day that passes).
+Everything a customer needs lives in its :class:`CustomerRecord`, which the
+worker keeps in its Table: the ledger facts, the alert episodes, the
+detectors' memory and the per-customer model state.
+
+Per event::
+
+    record, event ─ ledger.apply ─ models.on_event (score, then learn) ─ detectors
+                   (triggered by this event type) ─ alerts.settle → [AlertUpdate]
+
+Per tick (the clock passed into a new day, and this customer asked to be
+woken on or before it)::
+
+    record, today ─ models.on_tick ─ detectors (triggered by "tick") ─ alerts.settle
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Iterable, Protocol
+
+import detectors  # noqa: F401 - registers the built-in detectors
+from detectors.base import REGISTRY, DetectionContext, Detector, ModelSignals
+from detectors.config import Thresholds
+from pipeline.alerts import AlertBook, AlertUpdate, settle
+from pipeline.config import LedgerConfig
+from pipeline.events import Event
+from pipeline.ledger import (
+    DEFAULT_CONFIG,
+    CustomerState,
+    LedgerRejected,
+    apply,
+    new_state,
+    state_from_dict,
+    state_to_dict,
+)
+
+#: How long findings are remembered for composite detectors.
+RECENT_FINDINGS_DAYS = 180
+
+
+@dataclass(slots=True)
+class RiskState:
+    book: AlertBook = field(default_factory=AlertBook)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recent: list[tuple[date, str]] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "b": self.book.to_json(),
+            "m": self.memory,
+            "s": [[day.isoformat(), name] for day, name in self.recent],
+            "x": self.models,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RiskState:
+        return cls(
+            book=AlertBook.from_json(data["b"]),
+            memory=data["m"],
+            recent=[(date.fromisoformat(day), name) for day, name in data["s"]],
+            models=data["x"],
+        )
+
+
+@dataclass(slots=True)
+class CustomerRecord:
+    ledger: CustomerState
+    risk: RiskState = field(default_factory=RiskState)
+
+    @property
+    def customer_id(self) -> str:
+        return self.ledger.customer_id
+
+
+def encode_record(record: CustomerRecord) -> bytes:
+    return json.dumps({"l": state_to_dict(record.ledger), "r": record.risk.to_json()}, separators=(",", ":")).encode()
+
+
+def decode_record(raw: bytes) -> CustomerRecord:
+    data = json.loads(raw)
+    return CustomerRecord(state_from_dict(data["l"]), RiskState.from_json(data["r"]))
+
+
+class ModelSuite(Protocol):
+    """The online models, as the engine sees them (see ``pipeline.models``)."""
+
+    def on_event(self, record: CustomerRecord, event: Event, today: date) -> ModelSignals: ...
+
+    def on_tick(self, record: CustomerRecord, today: date) -> ModelSignals: ...
+
+    def wake_dates(self, record: CustomerRecord, today: date) -> Iterable[date]: ...
+
+
+class NoModels:
+    """Rules only (and the default until models are configured)."""
+
+    def on_event(self, record: CustomerRecord, event: Event, today: date) -> ModelSignals:
+        return ModelSignals()
+
+    def on_tick(self, record: CustomerRecord, today: date) -> ModelSignals:
+        return ModelSignals()
+
+    def wake_dates(self, record: CustomerRecord, today: date) -> Iterable[date]:
+        return ()
+
+
+def _order(cls: type[Detector]) -> tuple[int, str]:
+    return (getattr(cls, "order", 0), cls.name)
+
+
+class RiskEngine:
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        ledger_config: LedgerConfig = DEFAULT_CONFIG,
+        models: ModelSuite | None = None,
+        threshold_version: int | None = None,
+    ):
+        self.thresholds = thresholds or Thresholds()
+        self.ledger_config = ledger_config
+        self.models: ModelSuite = models if models is not None else NoModels()
+        self.threshold_version = threshold_version
+        self.detectors: list[Detector] = []
+        for cls in sorted(REGISTRY.values(), key=_order):
+            options = self.thresholds.options_for(cls.name)
+            if options.enabled:
+                self.detectors.append(cls(options))
+        self._by_trigger: dict[str, list[Detector]] = {}
+        for detector in self.detectors:
+            for trigger in detector.triggers:
+                self._by_trigger.setdefault(trigger, []).append(detector)
+
+    # --- entry points ---------------------------------------------------------
+
+    def on_event(self, record: CustomerRecord | None, event: Event, now: datetime) -> tuple[CustomerRecord, list[AlertUpdate]]:
+        """Apply one event. Raises LedgerRejected (record unchanged) for an event that cannot apply.
+
+        A duplicate event returns the record unchanged and no alerts.
+        """
+        if record is None:
+            record = CustomerRecord(new_state(event.customer_id))
+        if record.ledger.has_seen(event.event_id):
+            return record, []
+        apply(record.ledger, event, self.ledger_config)
+        today = now.date()
+        signals = self.models.on_event(record, event, today)
+        updates = self._evaluate(record, event, today, now, signals, self._by_trigger.get(event.type, ()))
+        return record, updates
+
+    def on_tick(self, record: CustomerRecord, now: datetime) -> list[AlertUpdate]:
+        today = now.date()
+        signals = self.models.on_tick(record, today)
+        return self._evaluate(record, None, today, now, signals, self._by_trigger.get("tick", ()))
+
+    def next_wake(self, record: CustomerRecord, today: date) -> date | None:
+        """The first day after ``today`` on which time alone can change this customer's alerts."""
+        from pipeline.ledger import allocate
+
+        candidates: list[date] = []
+        alloc = allocate(record.ledger, self.ledger_config)
+        for view in alloc.invoices:
+            if view.outstanding_base > 0:
+                for offset in (1, 31, 61, 91):
+                    candidates.append(view.due_on + timedelta(days=offset))
+        grace = self.ledger_config.promise_grace_days
+        for promise in record.ledger.promises.values():
+            candidates.append(promise.promised_on + timedelta(days=grace + 1))
+        candidates.extend(self.models.wake_dates(record, today))
+        later = [day for day in candidates if day > today]
+        return min(later) if later else None
+
+    # --- internals --------------------------------------------------------------
+
+    def _evaluate(
+        self,
+        record: CustomerRecord,
+        event: Event | None,
+        today: date,
+        now: datetime,
+        signals: ModelSignals,
+        detectors: Iterable[Detector],
+    ) -> list[AlertUpdate]:
+        risk = record.risk
+        horizon = today - timedelta(days=RECENT_FINDINGS_DAYS)
+        if risk.recent and risk.recent[0][0] < horizon:
+            risk.recent = [item for item in risk.recent if item[0] >= horizon]
+        ctx = DetectionContext(
+            ledger=record.ledger,
+            event=event,
+            today=today,
+            now=now,
+            models=signals,
+            recent_findings=risk.recent,
+            ledger_config=self.ledger_config,
+        )
+        updates: list[AlertUpdate] = []
+        for detector in detectors:
+            memory = risk.memory.get(detector.name, {})
+            findings, memory = detector.detect(ctx, memory)
+            if memory:
+                risk.memory[detector.name] = memory
+            else:
+                risk.memory.pop(detector.name, None)
+            for finding in findings:
+                if (today, finding.detector) not in risk.recent[-16:]:
+                    risk.recent.append((today, finding.detector))
+            update = settle(risk.book, detector, findings, ctx, self.threshold_version)
+            if update is not None:
+                updates.append(update)
+        return updates
+
+
+__all__ = [
+    "CustomerRecord",
+    "RiskEngine",
+    "RiskState",
+    "LedgerRejected",
+    "ModelSuite",
+    "NoModels",
+    "encode_record",
+    "decode_record",
+]
