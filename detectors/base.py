@@ -121,6 +121,8 @@ class Detector:
     #: Event types that can change this detector's answer; "tick" = the clock passing a day.
     triggers: ClassVar[frozenset[str]]
     Options: ClassVar[type[DetectorOptions]] = DetectorOptions
+    #: A finding whose content changes at the same severity updates the alert (recommendations).
+    update_on_change: ClassVar[bool] = False
 
     def __init__(self, options: DetectorOptions | None = None):
         self.options = options if options is not None else self.Options()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, datetime, time, timezone
 from typing import Any, Iterable
 
@@ -35,3 +36,26 @@ def run_detector(detector: Detector, events: Iterable[Event], today: date | None
     )
     findings, _ = detector.detect(ctx, dict(memory or {}))
     return findings
+
+
+_event_ids = itertools.count(1)
+
+
+def event(event_type: str, day: date | str, /, customer: str = "C1", event_id: str | None = None, **fields: Any) -> Event:
+    """A validated event of any type, like ``pipeline.builders.make`` but with no field name reserved
+    (``make`` cannot build a ``customer.legal_event``: its ``kind`` field clashes with ``make``'s first parameter).
+
+    >>> event("customer.legal_event", "2026-02-01", kind="court_judgment").kind
+    'court_judgment'
+    """
+    from pipeline.builders import at
+    from pipeline.events import validate_event
+
+    body = {
+        "event_id": event_id or f"ev-t{next(_event_ids)}",
+        "type": event_type,
+        "customer_id": customer,
+        "occurred_at": at(day),
+        **{key: (str(value) if not isinstance(value, (str, int, type(None))) else value) for key, value in fields.items()},
+    }
+    return validate_event(body)

@@ -6,7 +6,8 @@ derived from (customer, detector, the event or tick that opened it): a replay
 or a redelivered event computes the same id, so a sink that stores by id
 never stores it twice. While the episode lasts, a finding of the same or a
 lower severity changes nothing; a higher severity escalates the same alert
-(a new revision). When a condition clears, the episode ends; if it comes back
+(a new revision), and so does new content for detectors that declare
+``update_on_change`` (a recommendation whose figure moved). When a condition clears, the episode ends; if it comes back
 within the detector's cooldown, the old alert is reopened rather than a new
 one raised. So one customer has at most one live alert per detector: no
 storms, however many events arrive.
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 from detectors.base import SEVERITY_RANK, DetectionContext, Detector, Finding
 
-Change = Literal["raised", "escalated", "reopened"]
+Change = Literal["raised", "escalated", "reopened", "updated"]
 
 
 @dataclass(slots=True)
@@ -33,16 +34,17 @@ class Episode:
     last_on: date
     ended_on: date | None = None
     revision: int = 1
+    digest: str | None = None  # of title and reasons, for detectors whose content matters (recommendations)
 
     def to_json(self) -> list[Any]:
         return [self.alert_id, self.severity, self.raised_at, self.opened_on.isoformat(), self.last_on.isoformat(),
-                self.ended_on.isoformat() if self.ended_on else None, self.revision]
+                self.ended_on.isoformat() if self.ended_on else None, self.revision, self.digest]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Episode:
-        alert_id, severity, raised_at, opened_on, last_on, ended_on, revision = data
+        alert_id, severity, raised_at, opened_on, last_on, ended_on, revision, *rest = data
         return cls(alert_id, severity, raised_at, date.fromisoformat(opened_on), date.fromisoformat(last_on),
-                   date.fromisoformat(ended_on) if ended_on else None, revision)
+                   date.fromisoformat(ended_on) if ended_on else None, revision, rest[0] if rest else None)
 
 
 @dataclass(slots=True)
@@ -79,6 +81,11 @@ class AlertBook:
         return {name: ep for name, ep in self.episodes.items() if ep.ended_on is None}
 
 
+def _digest(finding: Finding) -> str:
+    text = finding.title + "\x1f" + "\x1f".join(f"{r.code}={r.value}" for r in finding.reasons)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _trigger(ctx: DetectionContext) -> str:
     return ctx.event.event_id if ctx.event is not None else f"tick:{ctx.today.isoformat()}"
 
@@ -107,8 +114,10 @@ def settle(
             episode.ended_on = today
         return None
     finding = max(findings, key=lambda f: SEVERITY_RANK[f.severity])
+    digest = _digest(finding) if detector.update_on_change else None
     if episode is None or (episode.ended_on is not None and today > episode.ended_on + cooldown):
-        episode = Episode(alert_id_for(ctx.customer_id, name, _trigger(ctx)), finding.severity, _moment(ctx), today, today)
+        episode = Episode(alert_id_for(ctx.customer_id, name, _trigger(ctx)), finding.severity, _moment(ctx), today, today,
+                          digest=digest)
         book.episodes[name] = episode
         change: Change | None = "raised"
     elif episode.ended_on is not None:
@@ -124,7 +133,14 @@ def settle(
         episode.severity = finding.severity
         episode.revision += 1
         episode.last_on = today
+        episode.digest = digest
         change = "escalated"
+    elif digest is not None and digest != episode.digest and SEVERITY_RANK[finding.severity] == SEVERITY_RANK[episode.severity]:
+        # Same severity, new content that matters (a different recommended limit): a new revision.
+        episode.digest = digest
+        episode.revision += 1
+        episode.last_on = today
+        change = "updated"
     else:
         episode.last_on = today
         return None

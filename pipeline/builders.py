@@ -16,7 +16,7 @@ def at(day: date | str, hour: int = 9) -> str:
     return datetime.combine(day, time(hour), tzinfo=timezone.utc).isoformat()
 
 
-def make(kind: str, day: date | str, customer: str = "C1", event_id: str | None = None, **fields: Any) -> Event:
+def make(kind: str, day: date | str, /, customer: str = "C1", event_id: str | None = None, **fields: Any) -> Event:
     body = {
         "event_id": event_id or f"ev-{next(_ids)}",
         "type": kind,

@@ -132,6 +132,7 @@ class RiskEngine:
             options = self.thresholds.options_for(cls.name)
             if options.enabled:
                 self.detectors.append(cls(options))
+        self._conditions = {d.name for d in self.detectors if d.episode == "condition"}
         self._by_trigger: dict[str, list[Detector]] = {}
         for detector in self.detectors:
             for trigger in detector.triggers:
@@ -191,13 +192,15 @@ class RiskEngine:
         horizon = today - timedelta(days=RECENT_FINDINGS_DAYS)
         if risk.recent and risk.recent[0][0] < horizon:
             risk.recent = [item for item in risk.recent if item[0] >= horizon]
+        # A condition whose episode is still open holds today, even if its detector did not run now.
+        holding = [(today, name) for name, episode in risk.book.open_alerts().items() if name in self._conditions]
         ctx = DetectionContext(
             ledger=record.ledger,
             event=event,
             today=today,
             now=now,
             models=signals,
-            recent_findings=risk.recent,
+            recent_findings=risk.recent + holding if holding else risk.recent,
             ledger_config=self.ledger_config,
         )
         updates: list[AlertUpdate] = []

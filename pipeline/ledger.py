@@ -107,15 +107,17 @@ class Invoice:
 
     @property
     def credited(self) -> Decimal:
+        if not self.resolutions:
+            return ZERO
         return sum((credited for _, credited in self.resolutions.values()), ZERO)
 
     @property
     def written_off(self) -> Decimal:
-        return sum(self.write_offs.values(), ZERO)
+        return sum(self.write_offs.values(), ZERO) if self.write_offs else ZERO
 
     @property
     def adjusted(self) -> Decimal:
-        return sum(self.adjustments.values(), ZERO)
+        return sum(self.adjustments.values(), ZERO) if self.adjustments else ZERO
 
     @property
     def net_due(self) -> Decimal:
@@ -206,6 +208,8 @@ class CustomerState:
     watermark: str = ""  # latest occurred_at seen (ISO), event time
     seen: deque[str] = field(default_factory=deque)
     events_applied: int = 0
+    # Derived views of this revision (allocation, positions); never serialized.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen
@@ -234,6 +238,7 @@ def apply(state: CustomerState | None, event: ev.Event, config: LedgerConfig = D
         return state
     handler = _HANDLERS[event.type]
     handler(state, event, config)
+    state.memo.clear()
     state.seen.append(event.event_id)
     while len(state.seen) > config.seen_ids:
         state.seen.popleft()
@@ -431,8 +436,10 @@ class InvoiceView:
     due_base: Decimal  # net due in base currency
     outstanding_base: Decimal
     settled_on: date | None  # the day cash completed it; None if open or closed by credit
-    disputed_base: Decimal = ZERO
-    dispute_reason: str | None = None
+    amount_base: Decimal = ZERO
+    adjusted_base: Decimal = ZERO
+    credited_base: Decimal = ZERO
+    written_off_base: Decimal = ZERO
 
 
 @dataclass(slots=True)
@@ -457,21 +464,34 @@ def allocate(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> All
     Pass 1: cash that names its invoice goes there (in order of receipt);
     what exceeds that invoice's balance goes on account. Pass 2: cash on
     account settles the oldest open invoices first, in order of receipt.
+
+    Computed once per state revision (``apply`` clears the memo); treat the
+    result as read-only.
     """
+    key = ("allocation", id(config))
+    cached = state.memo.get(key)
+    if cached is None:
+        cached = state.memo[key] = _allocate(state, config)
+    return cached
+
+
+def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
     views: dict[str, InvoiceView] = {}
+    rates = config.fx_rates
     for invoice in state.invoices.values():
-        if invoice.issue is None:
+        issue = invoice.issue
+        if issue is None:
             continue
-        due = to_base(invoice.net_due, invoice.currency, config)
+        _, _, amount, currency, issued_on, due_on = issue
+        fx = rates[currency]
+        amount_base = amount * fx
+        adjusted_base = invoice.adjusted * fx
+        credited_base = invoice.credited * fx
+        written_off_base = invoice.written_off * fx
+        due = amount_base + adjusted_base - credited_base - written_off_base
         views[invoice.invoice_id] = InvoiceView(
-            invoice_id=invoice.invoice_id,
-            issued_on=invoice.issued_on,
-            due_on=invoice.due_on,
-            currency=invoice.currency,
-            amount=invoice.amount,
-            due_base=due,
-            outstanding_base=max(due, ZERO),
-            settled_on=None,
+            invoice.invoice_id, issued_on, due_on, currency, amount, due,
+            due if due > ZERO else ZERO, None, amount_base, adjusted_base, credited_base, written_off_base,
         )
     ordered = sorted(views.values(), key=lambda v: (v.due_on, v.issued_on, v.invoice_id))
     # Negative net due (credit note larger than the invoice) is cash-like credit.
@@ -602,7 +622,18 @@ def bucket_for(days_past_due: int) -> str:
 
 
 def position(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG) -> Position:
-    """Derive the customer's position on day ``as_of`` from the retained facts."""
+    """Derive the customer's position on day ``as_of`` from the retained facts.
+
+    Memoized per state revision and day; treat the result as read-only.
+    """
+    key = ("position", as_of, id(config))
+    cached = state.memo.get(key)
+    if cached is None:
+        cached = state.memo[key] = _position(state, as_of, config)
+    return cached
+
+
+def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Position:
     profile = state.profile
     currency = profile.currency or config.base_currency
     rate = config.fx_rates.get(currency, Decimal(1))
@@ -613,14 +644,11 @@ def position(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_C
     alloc = allocate(state, config)
     lifetime = state.lifetime
     issued = adjusted = credited = written_off = ZERO
-    for invoice in state.invoices.values():
-        if invoice.issue is None:
-            continue
-        fx = config.fx_rates[invoice.currency]
-        issued += invoice.amount * fx
-        adjusted += invoice.adjusted * fx
-        credited += invoice.credited * fx
-        written_off += invoice.written_off * fx
+    for view in alloc.invoices:
+        issued += view.amount_base
+        adjusted += view.adjusted_base
+        credited += view.credited_base
+        written_off += view.written_off_base
     totals_base = {
         "issued": issued + lifetime.issued,
         "adjusted": adjusted + lifetime.adjusted,
@@ -647,9 +675,8 @@ def position(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_C
     recent_amount = recent_weighted = ZERO
     for view in alloc.invoices:
         if window_start < view.issued_on <= as_of:
-            invoice = state.invoices[view.invoice_id]
             # Credit sales: what was invoiced net of credit notes; a write-off is a loss, not a smaller sale.
-            sales_in_window += max(to_base(invoice.amount + invoice.adjusted - invoice.credited, view.currency, config), ZERO)
+            sales_in_window += max(view.amount_base + view.adjusted_base - view.credited_base, ZERO)
         if view.settled_on is not None and view.due_base > 0:
             late_days = max((view.settled_on - view.due_on).days, 0)
             paid_amount += view.due_base
@@ -833,6 +860,7 @@ def compact(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> None
         return
     views = {view.invoice_id: view for view in alloc.invoices}
     lifetime = state.lifetime
+    state.memo.clear()
     for invoice_id in retire_invoices:
         invoice = state.invoices.pop(invoice_id)
         view = views[invoice_id]

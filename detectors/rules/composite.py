@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import Field
+
+from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, register
+from detectors.rules._common import ALL_TRIGGERS
+
+
+class CompositeOptions(DetectorOptions):
+    min_detectors: int = Field(3, ge=2, le=20,
+                               description="this many different detectors finding something within window_days is critical")
+    window_days: int = Field(30, ge=1, le=180, description="how far back findings count (at most 180 days are kept)")
+    ignore: tuple[str, ...] = Field(("credit_limit_review", "risk_score"),
+                                    description="detectors not counted: recommendations, and scores that already "
+                                                "combine the other signs")
+
+    def check(self) -> str | None:
+        from detectors.base import REGISTRY
+
+        unknown = sorted(set(self.ignore) - set(REGISTRY))
+        if unknown:
+            return f"ignore names unknown detector(s): {', '.join(unknown)}"
+        return None
+
+
+@register
+class Composite(Detector):
+    """Several different warning signs at once.
+
+    Each detector alone may be explainable (a dispute, a limit excess, a
+    new bank account); three different ones within 30 days rarely are.
+    Critical when 3 different detectors have found something about the
+    customer in the last 30 days (any severity, including notes such as a
+    bank details change). It never counts itself, nor (by default, option
+    ``ignore``) the limit-review recommendations or the model risk score,
+    which already combines the other signs. It runs after every other
+    detector (``order = 100``) so it sees the findings of the same event.
+
+    >>> from datetime import date
+    >>> from pipeline.builders import register as registered
+    >>> from detectors.testing import run_detector
+    >>> recent = [(date(2025, 12, 1), "disputes"), (date(2026, 1, 2), "credit_limit"),
+    ...           (date(2026, 1, 20), "overdue"), (date(2026, 1, 25), "composite")]
+    >>> run_detector(Composite(), [registered(day="2026-01-25")], recent=recent)  # disputes is too old
+    []
+    >>> recent.append((date(2026, 1, 25), "payment_reversed"))
+    >>> finding = run_detector(Composite(), [registered(day="2026-01-25")], recent=recent)[0]
+    >>> finding.severity, finding.title
+    ('critical', 'Several warning signs at once: credit_limit, overdue, payment_reversed')
+    """
+
+    name = "composite"
+    episode = "condition"
+    triggers = ALL_TRIGGERS
+    order = 100
+    Options = CompositeOptions
+    options: CompositeOptions
+
+    def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
+        opts = self.options
+        start = ctx.today - timedelta(days=opts.window_days - 1)
+        last_seen: dict[str, Any] = {}
+        for day, detector in ctx.recent_findings:
+            if detector == self.name or detector in opts.ignore or not start <= day <= ctx.today:
+                continue
+            if detector not in last_seen or day > last_seen[detector]:
+                last_seen[detector] = day
+        if len(last_seen) < opts.min_detectors:
+            return [], memory
+        names = sorted(last_seen)
+        reasons = [
+            Reason("distinct_warning_signs",
+                   f"{len(names)} different warning signs in the last {opts.window_days} days "
+                   f"(critical from {opts.min_detectors})",
+                   float(len(names)), float(opts.min_detectors)),
+            *(Reason("warning_sign", f"{name}: last found on {last_seen[name].isoformat()}") for name in names),
+        ]
+        title = f"Several warning signs at once: {', '.join(names)}"
+        return [self.finding("critical", title, reasons, ctx)], memory

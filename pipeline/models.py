@@ -1,0 +1,831 @@
+"""The online models: late payment, payment-habit drift, invoice anomaly, customer risk.
+
+:class:`OnlineModels` implements the engine's ``ModelSuite`` protocol. It is
+called after the ledger applied an event (or when the clock passes a day) and
+answers with :class:`~detectors.base.ModelSignals`. Two kinds of state:
+
+* **Global** (``self``): the late-payment model, the portfolio's label
+  counters and the progressive metrics. One per worker; :meth:`snapshot` /
+  :meth:`restore` carry it over a restart (pickle of the river objects).
+* **Per customer** (``record.risk.models``, a small JSON-able dict stored with
+  the customer's record; key by key)::
+
+      "h":  [n, n_late, ewm_late, n_dl, sum_dl, ewm_dl]   labelled history
+      "a":  [n, mean, m2]            Welford stats of log(invoice amount)
+      "o":  {invoice_id: [issued, due, p, state, outstanding, features]}
+            open invoices (dates as ordinals). state 0: waiting for its
+            label, features kept; 1: labelled late while still open
+            (features dropped); 2: open, issued before the models saw it.
+      "ph": [n, mean, sum, min, n_at_min, mean_at_min, n_since, sum_since]
+            Page-Hinkley test for an increase of days late
+      "dd": [day, before, now]       the last habit drift
+      "r":  [risk, previous risk]
+
+  Size: a few numbers plus ~20 per open invoice; nothing grows with history.
+
+**Late payment** — score before learn (progressive validation). At
+``invoice.issued`` the features known at that moment (the customer's
+*labelled* history, its open and overdue invoices, utilisation, rating PD,
+open disputes, the amount against the customer's typical amount, terms) are
+computed once, scored, and stored with ``p`` on the open invoice. The label
+arrives later and is learned then, with that stored ``p`` going into the
+metrics:
+
+* settlement by cash: ``y = days late > late_days``;
+* write-off: ``y = 1``;
+* the invoice still unpaid ``late_days`` days after its due date (daily tick,
+  or any later event): ``y = 1`` right then; it is not labelled again when it
+  is finally paid (its days late still feed the history statistics).
+
+An invoice closed by credit notes alone teaches nothing and is dropped. The
+customer's history statistics change only when a label arrives, so the
+features of an invoice never see its own outcome or any later one.
+
+The model is a river logistic regression on hand-scaled features (no online
+scaler, so that initial weights mean something): it starts as the customer's
+smoothed late rate — ``logit(p) = logit((late + a·g) / (n + a))`` with ``g``
+the portfolio's late rate (itself starting at a prior) — plus small priors on
+overdue exposure, and learns from there. :meth:`warm_start` replays history
+to train it before going live.
+
+**Payment-habit drift** — Page-Hinkley (river's ``drift.PageHinkley`` with
+``mode="up"``, the same statistic implemented on a JSON list so it can live
+in the customer's record; a test checks both agree) on the days late of each
+settlement. When it fires, ``habit_drift`` is set with the mean days late
+before the change (mean up to the test's minimum) and since.
+
+**Invoice anomaly** — Welford mean/variance of log(amount) per customer (the
+statistic of river's ``stats.Var``, kept as three numbers). After
+``min_history`` invoices, an invoice ``z`` standard deviations above the
+customer's mean scores ``z² / (1 + z²)``: by Cantelli's inequality the share
+of invoices that far above the mean is at most ``1 - score``, whatever the
+distribution. Smaller-than-usual invoices score 0.
+
+**Customer risk** 0..1 — the open exposure's P(late) (each open invoice's
+``p`` weighted by what is still outstanding; 1 for an invoice already
+labelled late; the customer's smoothed late rate when nothing is open),
+combined as independent risks with the share overdue, the rating's PD, a
+recent habit drift, broken promises and recent insolvency/court events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import pickle
+from collections import deque
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+from river import linear_model, metrics, optim
+
+from detectors.base import ModelSignals
+from pipeline.config import LedgerConfig
+from pipeline.events import Event, validate_event
+from pipeline.ledger import DEFAULT_CONFIG, Allocation, LedgerRejected, allocate, apply, new_state, to_base
+
+if TYPE_CHECKING:  # pragma: no cover
+    from detectors.config import ModelOptions
+    from pipeline.engine import CustomerRecord
+
+#: The late-payment model's inputs, in the order they are stored per invoice.
+FEATURES: tuple[str, ...] = (
+    "late_logit",  # logit of the customer's smoothed late rate (prior: the portfolio's rate)
+    "late_recent",  # EWM of the customer's recent labels minus the portfolio rate
+    "history",  # log1p(labelled invoices) / 4
+    "days_late_mean",  # smoothed mean days late at settlement / 30
+    "days_late_recent",  # EWM of days late at settlement / 30
+    "amount_z",  # log amount against the customer's typical (z, clipped ±4) / 2
+    "amount_log",  # (log10(amount in base currency) - 3) / 2
+    "terms",  # payment terms / 30 - 1
+    "utilisation",  # exposure including this invoice / credit limit, clipped 0..3
+    "overdue_share",  # share of the other open amount that is past due
+    "overdue_count",  # log1p(open invoices past due)
+    "oldest_overdue",  # days past due of the oldest open invoice / 30, clipped 0..6
+    "pd",  # rating probability of default × 10, clipped 0..5
+    "disputes",  # log1p(open disputes on other invoices)
+)
+
+#: Where the model starts: the smoothed late rate, nudged by overdue exposure.
+PRIOR_WEIGHTS: dict[str, float] = {
+    "late_logit": 1.0,
+    "overdue_share": 0.5,
+    "oldest_overdue": 0.2,
+    "pd": 0.3,
+    "utilisation": 0.3,
+    "amount_z": 0.2,
+}
+
+#: Events after which open invoices may have closed or changed balance.
+BALANCE_EVENTS = frozenset({
+    "invoice.issued", "invoice.adjusted", "invoice.dispute_resolved", "invoice.written_off",
+    "payment.received", "payment.reversed",
+})
+
+HISTORY_PRIOR = 3.0  # pseudo-invoices of the portfolio rate in a customer's smoothed rate
+PORTFOLIO_PRIOR = 20.0  # pseudo-labels of the prior in the portfolio's rate
+EWM = 0.3  # weight of the newest label in the customer's recent averages
+DAYS_LATE_PRIOR = 5.0  # portfolio mean days late before any settlement
+DAYS_LATE_CLIP = (-30.0, 180.0)
+DRIFT_ACTIVE_DAYS = 90
+# Risk score: 1 - Π(1 - weight × signal), so no single signal saturates it.
+RISK_WEIGHT_LATE = 0.6  # exposure-weighted P(late) of the open invoices
+RISK_WEIGHT_OVERDUE = 0.5  # overdue share, each amount counted in full from 90 days past due
+OVERDUE_FULL_DAYS = 90
+RISK_WEIGHT_DRIFT = 0.2
+RISK_WEIGHT_BROKEN_PROMISE = 0.1  # each, up to five
+LEGAL_ACTIVE_DAYS = 365
+LEGAL_WEIGHT = {"insolvency_filing": 0.5, "liquidation": 0.6, "court_judgment": 0.2, "other": 0.05}
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 0.005), 0.995)
+    return math.log(p / (1.0 - p))
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return low if value < low else high if value > high else value
+
+
+def _r(value: float, digits: int = 4) -> float:
+    return round(value, digits)
+
+
+# --- evaluation helpers ----------------------------------------------------------
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int | bool]) -> float | None:
+    """Exact ROC AUC by ranks (ties count half); None when one class is missing.
+
+    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    pairs = sorted(zip(scores, labels), key=lambda pair: pair[0])
+    positives = sum(1 for _, y in pairs if y)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return None
+    rank_sum = 0.0
+    i = 0
+    while i < len(pairs):
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        mid_rank = (i + j) / 2 + 1
+        rank_sum += mid_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
+        i = j + 1
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def auc_by_issue_date(predictions: Iterable[tuple[int, float, int]], last_fraction: float = 1.0) -> float | None:
+    """Exact AUC of (issue ordinal, p, y) triples, on the last ``last_fraction`` by issue date."""
+    ordered = sorted(predictions, key=lambda t: t[0])
+    if last_fraction < 1.0:
+        ordered = ordered[int(len(ordered) * (1.0 - last_fraction)):]
+    return roc_auc([p for _, p, _ in ordered], [y for _, _, y in ordered])
+
+
+# --- Page-Hinkley on a JSON list ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriftResult:
+    before: float
+    now: float
+
+
+def page_hinkley_update(state: list[float] | None, x: float, delta: float, threshold: float,
+                        min_instances: int, alpha: float = 1.0) -> tuple[list[float], DriftResult | None]:
+    """One step of the Page-Hinkley test for an *increase* of the mean.
+
+    The same statistic as ``river.drift.PageHinkley(mode="up")``: running mean
+    ``x̄``, cumulative ``m = α·m + (x - x̄ - δ)``, its minimum ``M``; drift when
+    ``m - M > λ`` after ``min_instances`` values. On drift the state starts over
+    (river does so on the next update). Besides the test it tracks the mean of
+    the values up to the minimum ("before") and since ("now").
+
+    >>> state, fired = None, []
+    >>> for x in [2, 3, 1, 2, 2, 3, 25, 30, 28]:
+    ...     state, drift = page_hinkley_update(state, x, delta=2.0, threshold=10.0, min_instances=5)
+    ...     fired.append(drift)
+    >>> fired.index(next(d for d in fired if d)), fired[6]
+    (6, DriftResult(before=2.1667, now=25.0))
+    """
+    if state is None:
+        state = [0.0, 0.0, 0.0, math.inf, 0.0, 0.0, 0.0, 0.0]
+    n, mean, total, minimum, n_min, mean_min, n_since, sum_since = state
+    n += 1
+    mean += (x - mean) / n
+    total = alpha * total + (x - mean) - delta
+    n_since += 1
+    sum_since += x
+    if total < minimum:
+        minimum, n_min, mean_min, n_since, sum_since = total, n, mean, 0.0, 0.0
+    if n >= min_instances and total - minimum > threshold:
+        before = mean_min if n_min else mean
+        now = sum_since / n_since if n_since else x
+        return [0.0, 0.0, 0.0, math.inf, 0.0, 0.0, 0.0, 0.0], DriftResult(_r(before), _r(now))
+    return [n, _r(mean, 6), _r(total, 6), _r(minimum, 6) if minimum != math.inf else minimum, n_min,
+            _r(mean_min, 6), n_since, _r(sum_since, 4)], None
+
+
+def _ph_to_json(state: list[float]) -> list[float | None]:
+    return [None if v == math.inf else v for v in state]
+
+
+def _ph_from_json(state: list[float | None] | None) -> list[float] | None:
+    return None if state is None else [math.inf if v is None else v for v in state]
+
+
+# --- the suite -----------------------------------------------------------------------
+
+
+class OnlineModels:
+    """Late-payment, drift, anomaly and risk models behind the engine's ModelSuite protocol."""
+
+    def __init__(
+        self,
+        late_days: int | ModelOptions = 30,
+        ledger_config: LedgerConfig = DEFAULT_CONFIG,
+        *,
+        prior_late_rate: float | None = None,
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        drift_threshold: float = 10.0,
+        drift_delta: float = 3.0,
+        drift_min_instances: int = 5,
+        anomaly_min_history: int = 5,
+        anomaly_min_sd: float = 0.1,
+        keep_predictions: int | None = 200_000,
+        exact: bool = False,
+    ):
+        if not isinstance(late_days, int):  # the [models] options themselves (see from_options)
+            options = late_days
+            late_days, drift_threshold = options.late_days, options.drift_threshold
+        self.late_days = late_days
+        self.ledger_config = ledger_config
+        self.prior_late_rate = prior_late_rate if prior_late_rate is not None else (0.35 if late_days == 0 else 0.15)
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.drift_threshold = drift_threshold
+        self.drift_delta = drift_delta
+        self.drift_min_instances = drift_min_instances
+        self.anomaly_min_history = anomaly_min_history
+        self.anomaly_min_sd = anomaly_min_sd
+        self.keep_predictions = keep_predictions
+        self.exact = exact  # always allocate (no fast paths): for tests of the fast paths
+        self._fresh_model()
+        self._fresh_metrics()
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, ledger_config: LedgerConfig = DEFAULT_CONFIG, **kw: Any) -> OnlineModels:
+        """Built from the ``[models]`` section of the thresholds file."""
+        return cls(late_days=options.late_days, ledger_config=ledger_config,
+                   drift_threshold=options.drift_threshold, **kw)
+
+    @classmethod
+    def from_history(cls, events: Iterable[Event | dict[str, Any]] | str | Path, **kw: Any) -> OnlineModels:
+        """A suite whose late-payment model was trained on past events (see :meth:`warm_start`)."""
+        models = cls(**kw)
+        models.warm_start(events)
+        return models
+
+    def _fresh_model(self) -> None:
+        model = linear_model.LogisticRegression(
+            optimizer=optim.SGD(self.learning_rate), l2=self.l2, intercept_lr=self.learning_rate,
+        )
+        for name, weight in PRIOR_WEIGHTS.items():
+            model._weights[name] = weight  # river keeps weights in a VectorDict; this is its initial value
+        self.model = model
+        # Portfolio counters: labels, late labels, settlements, Σ days late.
+        self.n_labels = 0
+        self.n_late = 0
+        self.n_settled = 0
+        self.sum_days_late = 0.0
+
+    def _fresh_metrics(self) -> None:
+        self.roc = metrics.ROCAUC(n_thresholds=50)
+        self.log_loss = metrics.LogLoss()
+        self.predictions: deque[tuple[int, float, int]] = deque(maxlen=self.keep_predictions)
+        self.labels_by = {"settled": 0, "written_off": 0, "overdue": 0}
+        self.scored = 0  # labels scored since the metrics started
+        self.scored_late = 0
+
+    # --- global state ----------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The global state (model, portfolio counters, metrics) as bytes."""
+        state = {key: value for key, value in self.__dict__.items() if key != "ledger_config"}
+        return pickle.dumps({"version": 1, "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, raw: bytes) -> None:
+        """Take back a :meth:`snapshot` (a worker restart keeps what the model learned)."""
+        data = pickle.loads(raw)
+        if data.get("version") != 1:
+            raise ValueError(f"unknown model snapshot version {data.get('version')!r}")
+        if data["state"]["late_days"] != self.late_days:
+            raise ValueError(
+                f"the model snapshot predicts payment more than {data['state']['late_days']} days late, "
+                f"but late_days is {self.late_days}; start without the snapshot to train a new model"
+            )
+        self.__dict__.update(data["state"])
+
+    def portfolio_late_rate(self) -> float:
+        return (self.n_late + PORTFOLIO_PRIOR * self.prior_late_rate) / (self.n_labels + PORTFOLIO_PRIOR)
+
+    def portfolio_days_late(self) -> float:
+        return (self.sum_days_late + PORTFOLIO_PRIOR * DAYS_LATE_PRIOR) / (self.n_settled + PORTFOLIO_PRIOR)
+
+    def metrics(self) -> dict[str, Any]:
+        """Progressive metrics: every prediction was made before its label was known."""
+        scored = self.scored
+        kept = len(self.predictions)
+        return {
+            "late_days": self.late_days,
+            "labels": scored,
+            "labels_by": dict(self.labels_by),
+            "late_rate": round(self.scored_late / scored, 4) if scored else None,
+            "mean_p": round(sum(p for _, p, _ in self.predictions) / kept, 4) if kept else None,
+            "roc_auc": round(self.roc.get(), 4) if scored else None,
+            "roc_auc_exact": _round(auc_by_issue_date(self.predictions)),
+            "roc_auc_last_30pct": _round(auc_by_issue_date(self.predictions, 0.3)),
+            "log_loss": round(self.log_loss.get(), 4) if scored else None,
+            "trained_on": self.n_labels,
+        }
+
+    # --- ModelSuite protocol -----------------------------------------------------------
+
+    def on_event(self, record: CustomerRecord, event: Event, today: date) -> ModelSignals:
+        m = record.risk.models
+        if not m:
+            m.update(self._new_customer())
+        signals = ModelSignals()
+        kind = event.type
+        alloc: Allocation | None = None
+        drift: DriftResult | None = None
+        if kind == "invoice.issued":
+            signals.invoice_anomaly, alloc, drift = self._issue(record, m, event, today)
+        elif kind == "invoice.written_off":
+            entry = m["o"].get(event.invoice_id)  # type: ignore[attr-defined]
+            if entry is not None and entry[3] == 0:
+                self._label(m, entry, 1, "written_off")
+        if kind in BALANCE_EVENTS and kind != "invoice.issued":
+            known, drift = self._fast_balance(record, m, event)
+            if not known:
+                if m["o"] or self.exact:
+                    alloc = allocate(record.ledger, self.ledger_config)
+                    drift = self._sync(record, m, alloc)
+                else:
+                    m["c"] = 0  # nothing open to watch; the next invoice looks at the full allocation
+        if drift is not None:
+            signals.habit_drift = True
+            signals.days_late_mean_before, signals.days_late_mean_now = drift.before, drift.now
+            m["dd"] = [today.toordinal(), drift.before, drift.now]
+        self._cross(m, today)
+        self._finish(record, m, today, signals, alloc, kind in BALANCE_EVENTS or kind == "payment.promised")
+        return signals
+
+    def on_tick(self, record: CustomerRecord, today: date) -> ModelSignals:
+        m = record.risk.models
+        if not m:
+            m.update(self._new_customer())
+        signals = ModelSignals()
+        self._cross(m, today)
+        self._finish(record, m, today, signals, None)
+        return signals
+
+    def wake_dates(self, record: CustomerRecord, today: date) -> Iterable[date]:
+        m = record.risk.models
+        if not m:
+            return ()
+        t = today.toordinal()
+        days: set[int] = set()
+        for entry in m["o"].values():
+            if entry[3] == 0:
+                days.add(entry[1] + self.late_days + 1)  # the label "late" falls due
+            days.add(entry[1] + 1)  # overdue: the risk score moves
+            days.add(entry[1] + OVERDUE_FULL_DAYS + 1)
+        if m.get("dd"):
+            days.add(m["dd"][0] + DRIFT_ACTIVE_DAYS + 1)
+        return [date.fromordinal(day) for day in sorted(days) if day > t]
+
+    # --- per-customer state ----------------------------------------------------------------
+
+    def _new_customer(self) -> dict[str, Any]:
+        g = self.portfolio_late_rate()
+        # "c" (clean): the open invoices in "o" are exactly the ledger's and no cash sits on
+        # account, so an invoice or a payment naming one invoice can be applied without a
+        # full allocation. A new customer record may sit on an older ledger: not clean.
+        return {"h": [0, 0, _r(g), 0, 0.0, _r(self.portfolio_days_late())], "a": [0, 0.0, 0.0], "o": {},
+                "c": 0, "ph": None, "dd": None, "r": None}
+
+    def features(self, record: CustomerRecord, amount_base: float, terms_days: int, today: date,
+                 as_of: str | None = None, exclude: str | None = None) -> list[float]:
+        """The late-payment features of a new invoice, from what is known today.
+
+        Reads the customer's labelled history and open invoices
+        (``record.risk.models``, kept in step with the ledger) and the ledger's
+        profile and disputes; ``exclude`` is the new invoice itself. ``as_of``
+        (UTC ISO text) hides disputes recorded with a later timestamp.
+        """
+        m = record.risk.models or self._new_customer()
+        ledger = record.ledger
+        g = self.portfolio_late_rate()
+        n, n_late, ewm_late, n_dl, sum_dl, ewm_dl = m["h"]
+        late_rate = (n_late + HISTORY_PRIOR * g) / (n + HISTORY_PRIOR)
+        days_late = (sum_dl + HISTORY_PRIOR * self.portfolio_days_late()) / (n_dl + HISTORY_PRIOR)
+        count, mean, m2 = m["a"]
+        log_amount = math.log(max(amount_base, 0.01))
+        if count >= 2:
+            sd = max(math.sqrt(m2 / (count - 1)), self.anomaly_min_sd)
+            amount_z = _clip((log_amount - mean) / sd, -4.0, 4.0)
+        else:
+            amount_z = 0.0
+        open_total = overdue_total = 0.0
+        overdue_count = 0
+        oldest = 0
+        disputes = 0
+        t = today.toordinal()
+        for invoice_id, entry in m["o"].items():
+            if invoice_id == exclude:
+                continue
+            outstanding = entry[4]
+            open_total += outstanding
+            past_due = t - entry[1]
+            if past_due > 0:
+                overdue_total += outstanding
+                overdue_count += 1
+                oldest = max(oldest, past_due)
+            invoice = ledger.invoices.get(invoice_id)
+            if invoice is not None and invoice.disputes:
+                dispute = invoice.open_dispute()
+                if dispute is not None and (as_of is None or dispute[0] <= as_of):
+                    disputes += 1
+        limit = ledger.profile.credit_limit
+        utilisation = _clip((open_total + amount_base) / float(limit), 0.0, 3.0) if limit else 0.0
+        rating = ledger.profile.ratings[-1] if ledger.profile.ratings else None
+        pd = float(rating[4]) if rating and rating[4] is not None else 0.0
+        values = (
+            _clip(_logit(late_rate), -4.0, 4.0),
+            ewm_late - g,
+            math.log1p(n) / 4,
+            _clip(days_late / 30, -1.0, 4.0),
+            _clip(ewm_dl / 30, -1.0, 4.0),
+            amount_z / 2,
+            (math.log10(max(amount_base, 0.01)) - 3) / 2,
+            terms_days / 30 - 1,
+            utilisation,
+            overdue_total / open_total if open_total > 0 else 0.0,
+            math.log1p(overdue_count),
+            _clip(oldest / 30, 0.0, 6.0),
+            _clip(pd * 10, 0.0, 5.0),
+            math.log1p(disputes),
+        )
+        return [_r(v) for v in values]
+
+    def predict(self, features: Sequence[float]) -> float:
+        """P(late) for one feature vector (in :data:`FEATURES` order)."""
+        return self.model.predict_proba_one(dict(zip(FEATURES, features)))[True]
+
+    def _issue(self, record: CustomerRecord, m: dict[str, Any], event: Event,
+               today: date) -> tuple[float | None, Allocation | None, DriftResult | None]:
+        """invoice.issued: anomaly score, late-payment features and P(late), stored on the invoice."""
+        invoice = record.ledger.invoices.get(event.invoice_id)  # type: ignore[attr-defined]
+        if invoice is None or invoice.issue is None or invoice.issue[1] != event.event_id:
+            return None, None, None  # a repeat of an issue the ledger already has: nothing new
+        invoice_id = invoice.invoice_id
+        alloc = None
+        drift = None
+        fast = (m["c"] and not self.exact and invoice_id not in m["o"]
+                and not (invoice.adjustments or invoice.write_offs or invoice.resolutions))
+        if not fast:
+            # Other invoices may move (cash on account, held payments): bring them up to date first.
+            alloc = allocate(record.ledger, self.ledger_config)
+            drift = self._sync(record, m, alloc, skip=invoice_id)
+        if invoice_id in m["o"]:
+            return None, alloc, drift
+        amount_base = float(to_base(invoice.amount, invoice.currency, self.ledger_config))
+        anomaly = self._anomaly(m, amount_base)
+        terms = (invoice.due_on - invoice.issued_on).days
+        feats = self.features(record, amount_base, terms, today, as_of=invoice.issue[0], exclude=invoice_id)
+        p = _r(self.predict(feats), 6)
+        m["o"][invoice_id] = [invoice.issued_on.toordinal(), invoice.due_on.toordinal(), p, 0,
+                              _r(amount_base, 2), 1, feats]
+        if alloc is not None:
+            drift = self._sync(record, m, alloc) or drift  # it may be settled already (a held payment)
+        return anomaly, alloc, drift
+
+    def _anomaly(self, m: dict[str, Any], amount_base: float) -> float | None:
+        """Score, then learn: the invoice against the customer's own amounts (log scale)."""
+        count, mean, m2 = m["a"]
+        x = math.log(max(amount_base, 0.01))
+        score = None
+        if count >= self.anomaly_min_history:
+            sd = max(math.sqrt(m2 / (count - 1)), self.anomaly_min_sd)
+            z = (x - mean) / sd
+            score = _r(z * z / (1 + z * z)) if z > 0 else 0.0
+        count += 1
+        delta = x - mean
+        mean += delta / count
+        m2 += delta * (x - mean)
+        m["a"] = [count, _r(mean, 6), _r(m2, 6)]
+        return score
+
+    def _fast_balance(self, record: CustomerRecord, m: dict[str, Any], event: Event) -> tuple[bool, DriftResult | None]:
+        """Apply a balance event to the open invoices without an allocation, when its effect is certain.
+
+        Returns (handled, drift). Handled: a dispute rejected (nothing credited);
+        on a clean customer, a payment naming an open invoice that had no cash
+        yet, for at most its amount (it closes that invoice or pays part of it).
+        """
+        if event.type == "invoice.dispute_resolved":
+            return event.credited_amount == 0, None  # type: ignore[attr-defined]
+        if event.type != "payment.received" or not m["c"] or self.exact:
+            return False, None
+        entry = m["o"].get(event.invoice_id) if event.invoice_id else None  # type: ignore[attr-defined]
+        payment = record.ledger.payments.get(event.payment_id)  # type: ignore[attr-defined]
+        if entry is None or not entry[5] or payment is None or not payment.counts or payment.receipt[1] != event.event_id:
+            return False, None
+        invoice = record.ledger.invoices[event.invoice_id]  # type: ignore[attr-defined]
+        config = self.ledger_config
+        due = to_base(invoice.net_due, invoice.currency, config)
+        cash = to_base(payment.receipt[2], payment.receipt[3], config)
+        # The invoice had no cash yet and none sits on account: this payment alone decides.
+        if cash < due:
+            entry[4], entry[5] = _r(float(due - cash), 2), 0
+            return True, None
+        if cash > due:
+            return False, None  # the excess goes on account
+        del m["o"][invoice.invoice_id]
+        settled_on = max(payment.receipt[4], invoice.issued_on)
+        return True, self._closed(m, entry, settled_on, invoice.due_on.toordinal())
+
+    def _sync(self, record: CustomerRecord, m: dict[str, Any], alloc: Allocation, skip: str | None = None) -> DriftResult | None:
+        """Bring the open invoices up to date with the allocation; label what closed."""
+        open_entries: dict[str, list[Any]] = m["o"]
+        drift = None
+        seen: set[str] = set()
+        for view in alloc.invoices:
+            invoice_id = view.invoice_id
+            if invoice_id == skip:
+                continue
+            entry = open_entries.get(invoice_id)
+            if view.outstanding_base > 0:
+                full = int(view.outstanding_base == view.due_base)
+                if entry is None:
+                    open_entries[invoice_id] = [view.issued_on.toordinal(), view.due_on.toordinal(), None, 2,
+                                                _r(float(view.outstanding_base), 2), full, None]
+                else:
+                    entry[4], entry[5] = _r(float(view.outstanding_base), 2), full
+                seen.add(invoice_id)
+                continue
+            if entry is None:
+                continue
+            seen.add(invoice_id)
+            del open_entries[invoice_id]
+            if view.settled_on is not None:
+                drift = self._closed(m, entry, view.settled_on, view.due_on.toordinal()) or drift
+            elif entry[3] == 0 and record.ledger.invoices[invoice_id].write_offs:
+                self._label(m, entry, 1, "written_off")
+        for invoice_id in [iid for iid in open_entries if iid not in seen and iid != skip]:
+            del open_entries[invoice_id]  # no longer in the ledger (retired, or its issue replaced)
+        m["c"] = int(self._no_cash_on_account(record, alloc))
+        return drift
+
+    @staticmethod
+    def _no_cash_on_account(record: CustomerRecord, alloc: Allocation) -> bool:
+        """No cash waits or settles invoices in the oldest-first pool; each payment went to its own invoice."""
+        if alloc.unapplied_base or alloc.held_payments:
+            return False
+        payments = record.ledger.payments
+        for source, parts in alloc.allocations.items():
+            payment = payments.get(source)
+            if payment is None or payment.receipt is None:
+                return False  # credit notes used as cash
+            named = payment.receipt[5]
+            if named is None or any(invoice_id != named for invoice_id, _ in parts):
+                return False
+        return True
+
+    def _closed(self, m: dict[str, Any], entry: list[Any], settled_on: date, due: int) -> DriftResult | None:
+        """An open invoice was settled by cash: its label (if still due), then the days-late statistics."""
+        days_late = settled_on.toordinal() - due
+        if entry[3] == 0:
+            self._label(m, entry, int(days_late > self.late_days), "settled")
+        elif entry[3] == 2:
+            return None  # issued before the models watched this customer
+        return self._settled(m, days_late)
+
+    def _label(self, m: dict[str, Any], entry: list[Any], y: int, how: str) -> None:
+        """Learn one label with the features and p stored at issuance."""
+        issued, _, p, _, _, _, feats = entry
+        self.model.learn_one(dict(zip(FEATURES, feats)), bool(y))
+        self.roc.update(bool(y), p)
+        self.log_loss.update(bool(y), p)
+        self.predictions.append((issued, p, y))
+        self.labels_by[how] += 1
+        self.scored += 1
+        self.scored_late += y
+        self.n_labels += 1
+        self.n_late += y
+        h = m["h"]
+        h[0] += 1
+        h[1] += y
+        h[2] = _r((1 - EWM) * h[2] + EWM * y)
+        entry[3] = 1  # labelled; only its days late are still to come
+        entry[6] = None
+
+    def _settled(self, m: dict[str, Any], days_late: int) -> DriftResult | None:
+        x = _clip(float(days_late), *DAYS_LATE_CLIP)
+        self.n_settled += 1
+        self.sum_days_late += x
+        h = m["h"]
+        h[3] += 1
+        h[4] = _r(h[4] + x, 2)
+        h[5] = _r((1 - EWM) * h[5] + EWM * x, 3)
+        state, drift = page_hinkley_update(_ph_from_json(m["ph"]), x, self.drift_delta, self.drift_threshold,
+                                           self.drift_min_instances)
+        m["ph"] = _ph_to_json(state)
+        return drift
+
+    def _cross(self, m: dict[str, Any], today: date) -> None:
+        """Open invoices more than late_days past due are late, now."""
+        limit = today.toordinal() - self.late_days
+        for entry in m["o"].values():
+            if entry[3] == 0 and entry[1] < limit:
+                self._label(m, entry, 1, "overdue")
+
+    # --- risk -------------------------------------------------------------------------
+
+    def _finish(self, record: CustomerRecord, m: dict[str, Any], today: date, signals: ModelSignals,
+                alloc: Allocation | None, moved: bool = False) -> None:
+        """The customer's risk score (and the open invoices' P(late)) into ``signals``."""
+        t = today.toordinal()
+        g = self.portfolio_late_rate()
+        n, n_late = m["h"][0], m["h"][1]
+        customer_rate = (n_late + HISTORY_PRIOR * g) / (n + HISTORY_PRIOR)
+        weighted = total = overdue = 0.0
+        late_probability = signals.late_probability
+        for invoice_id, entry in m["o"].items():
+            state, outstanding = entry[3], entry[4]
+            p = 1.0 if state == 1 else entry[2] if state == 0 else customer_rate
+            if state != 2:
+                late_probability[invoice_id] = p
+            total += outstanding
+            weighted += outstanding * p
+            past_due = t - entry[1]
+            if past_due > 0:
+                overdue += outstanding * min(past_due / OVERDUE_FULL_DAYS, 1.0)
+        base = weighted / total if total > 0 else customer_rate
+        safe = (1 - RISK_WEIGHT_LATE * base) * (1 - RISK_WEIGHT_OVERDUE * (overdue / total if total > 0 else 0.0))
+        profile = record.ledger.profile
+        if profile.ratings and profile.ratings[-1][4] is not None:
+            safe *= 1 - float(profile.ratings[-1][4])
+        if m.get("dd") and t - m["dd"][0] <= DRIFT_ACTIVE_DAYS:
+            safe *= 1 - RISK_WEIGHT_DRIFT
+        broken = self._broken_promises(record, m, today, alloc, moved)
+        if broken:
+            safe *= (1 - RISK_WEIGHT_BROKEN_PROMISE) ** min(broken, 5)
+        for ts, _, kind, _ in profile.legal_events:
+            if (t - date.fromisoformat(ts[:10]).toordinal()) <= LEGAL_ACTIVE_DAYS:
+                safe *= 1 - LEGAL_WEIGHT.get(kind, 0.05)
+        risk = _r(_clip(1 - safe, 0.0, 1.0))
+        previous = m["r"][0] if m.get("r") else None
+        m["r"] = [risk, previous]
+        signals.risk_score, signals.previous_risk_score = risk, previous
+
+    def _broken_promises(self, record: CustomerRecord, m: dict[str, Any], today: date,
+                         alloc: Allocation | None, moved: bool) -> int:
+        """Promises past their deadline and not kept (the ledger's rule), recounted once a day
+        or when cash or promises moved; 0 without any promise past its deadline."""
+        promises = record.ledger.promises
+        if not promises:
+            m.pop("bp", None)
+            return 0
+        grace = self.ledger_config.promise_grace_days
+        if not any(p.promised_on + timedelta(days=grace) < today for p in promises.values()):
+            return 0
+        cached = m.get("bp")
+        if cached is not None and cached[1] == today.toordinal() and not moved:
+            return cached[0]
+        from pipeline.ledger import _promise_status  # the ledger's own rule for a kept promise
+
+        if alloc is None:
+            alloc = allocate(record.ledger, self.ledger_config)
+        _, broken = _promise_status(record.ledger, alloc, today, self.ledger_config)
+        m["bp"] = [len(broken), today.toordinal()]
+        return len(broken)
+
+    # --- history ---------------------------------------------------------------------------
+
+    def warm_start(self, events: Iterable[Event | dict[str, Any]] | str | Path) -> int:
+        """Train the late-payment model on past events; returns the labels learned.
+
+        The events are replayed in time order through a private ledger with a
+        daily clock, exactly as live (score, then learn). The customers' state
+        from that replay is discarded, and the metrics start afresh, so that
+        what :meth:`metrics` reports afterwards is live performance only.
+        """
+        before = self.n_labels
+        replay(self, _events(events))
+        learned = self.n_labels - before
+        self._fresh_metrics()
+        return learned
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _events(source: Iterable[Event | dict[str, Any]] | str | Path) -> Iterator[Event]:
+    if isinstance(source, (str, Path)):
+        with Path(source).open() as handle:
+            for line in handle:
+                if line.strip():
+                    yield validate_event(json.loads(line))
+        return
+    for item in source:
+        yield item if isinstance(item, Event) else validate_event(item)
+
+
+def replay(models: OnlineModels, events: Iterable[Event], engine: Any = None) -> dict[str, Any]:
+    """Feed events in time order, with a tick for every day a customer asked to be woken.
+
+    Without ``engine`` only the ledger and the models run (``warm_start``);
+    with a :class:`~pipeline.engine.RiskEngine` everything does and the alert
+    updates are collected. Returns ``{"records": …, "alerts": […], "events": n}``.
+    Events must be sorted by ``occurred_at``.
+    """
+    from pipeline.engine import CustomerRecord
+
+    records: dict[str, CustomerRecord] = {}
+    scheduled: dict[str, date] = {}
+    wakes: list[tuple[date, str]] = []
+    alerts: list[Any] = []
+    count = 0
+    config = models.ledger_config if engine is None else engine.ledger_config
+
+    def schedule(record: CustomerRecord, today: date) -> None:
+        if engine is not None:
+            wake = engine.next_wake(record, today)
+        else:
+            wake = min(models.wake_dates(record, today), default=None)
+        customer_id = record.customer_id
+        if wake is None:
+            scheduled.pop(customer_id, None)
+        elif scheduled.get(customer_id) != wake:
+            scheduled[customer_id] = wake
+            heapq.heappush(wakes, (wake, customer_id))
+
+    def tick_until(day: date) -> None:
+        while wakes and wakes[0][0] <= day:
+            wake, customer_id = heapq.heappop(wakes)
+            if scheduled.get(customer_id) != wake:
+                continue  # superseded by a later schedule
+            del scheduled[customer_id]
+            record = records[customer_id]
+            if engine is not None:
+                alerts.extend(engine.on_tick(record, datetime.combine(wake, datetime.min.time(), tzinfo=timezone.utc)))
+            else:
+                models.on_tick(record, wake)
+            schedule(record, wake)
+
+    for event in events:
+        now = event.occurred_at.astimezone(timezone.utc)
+        today = now.date()
+        tick_until(today)
+        record = records.get(event.customer_id)
+        count += 1
+        if engine is not None:
+            try:
+                record, updates = engine.on_event(record, event, now)
+            except LedgerRejected:
+                continue
+            alerts.extend(updates)
+        else:
+            if record is None:
+                record = CustomerRecord(new_state(event.customer_id))
+            if record.ledger.has_seen(event.event_id):
+                continue
+            try:
+                apply(record.ledger, event, config)
+            except LedgerRejected:
+                continue
+            models.on_event(record, event, today)
+        records[event.customer_id] = record
+        schedule(record, today)
+    return {"records": records, "alerts": alerts, "events": count}
+
+
+__all__ = ["FEATURES", "OnlineModels", "auc_by_issue_date", "page_hinkley_update", "replay", "roc_auc"]
