@@ -8,7 +8,8 @@
     enabled = false
 
 A section per detector (missing sections and options take the defaults);
-``[models]`` holds the online models' settings. An unknown section, an
+``[models]`` holds the online models' settings (the alert levels on model
+outputs belong to their detectors: ``[risk_score]``, ``[unusual_invoice]``). An unknown section, an
 unknown option or a value out of range stops the start with one line naming
 the file and the key.
 """
@@ -33,10 +34,6 @@ class ModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     late_days: int = Field(30, ge=0, le=365, description="an invoice paid more than this many days late counts as late")
-    risk_warning: float = Field(0.35, ge=0.0, le=1.0, description="customer risk score that raises a warning")
-    risk_critical: float = Field(0.6, ge=0.0, le=1.0, description="customer risk score that raises a critical alert")
-    risk_jump: float = Field(0.2, ge=0.0, le=1.0, description="rise of the risk score within one event that raises an alert")
-    anomaly_threshold: float = Field(0.95, ge=0.5, le=1.0, description="invoice anomaly score that counts as unusual")
     drift_threshold: float = Field(10.0, ge=1.0, le=365.0, description="Page-Hinkley threshold on days late")
 
 
@@ -113,8 +110,6 @@ def parse_thresholds(data: Mapping[str, Any], source: str = "thresholds") -> Thr
             problem = check()
             if problem:
                 raise ThresholdError(f"{source}: [{name}] {problem}")
-    if models.risk_warning >= models.risk_critical:
-        raise ThresholdError(f"{source}: models.risk_warning must be below models.risk_critical")
     return Thresholds(detectors=detectors, models=models, source=source)
 
 

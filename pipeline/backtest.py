@@ -193,10 +193,7 @@ class ProgressBar:
 def build_engine(thresholds: Any, ledger_config: LedgerConfig, with_models: bool = True) -> RiskEngine:
     models = None
     if with_models:
-        try:
-            from pipeline.models import OnlineModels
-        except ImportError:  # models not built in this checkout
-            models = None
-        else:
-            models = OnlineModels(thresholds.models)
+        from pipeline.models import OnlineModels
+
+        models = OnlineModels.from_options(thresholds.models, ledger_config)
     return RiskEngine(thresholds, ledger_config, models)

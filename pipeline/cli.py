@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(handler=_cmd_broker)
 
     worker = commands.add_parser("worker", help="run a stream-processing worker against CREDITWATCH_BROKER_URL")
+    worker.add_argument("--config", type=_existing_file, default=None, help="thresholds file (TOML)")
     worker.set_defaults(handler=_cmd_worker)
 
     ingest = commands.add_parser("ingest", help="publish events from a JSONL file to the input topics")
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("--as-of", default=None, help="day to age at, YYYY-MM-DD (default: today)")
     show.set_defaults(handler=_cmd_customer_show)
+    _add_store_commands(commands)
     return parser
 
 
@@ -123,7 +125,7 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import run_worker
 
-    return run_worker(settings)
+    return run_worker(settings, args.config)
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,6 +209,195 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
     return run_demo(settings, port=args.port, events_file=args.events, once=args.once)
+
+
+# --- the SQL store: `db upgrade`, `alerts …` ------------------------------------
+
+_ALERT_STATUSES = ("open", "acknowledged", "resolved", "false_positive")
+_SEVERITIES = ("info", "warning", "critical")
+_ALERT_ORDERS = {"newest": "-raised_at", "oldest": "raised_at", "severity": "-severity", "updated": "-updated_at",
+                 "customer": "customer"}
+
+
+def _add_store_commands(commands: argparse._SubParsersAction) -> None:
+    db = commands.add_parser("db", help="the SQL store's schema (CREDITWATCH_DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
+    db_commands.required = True
+    upgrade = db_commands.add_parser("upgrade", help="create the store's tables or migrate them to this version")
+    upgrade.set_defaults(handler=_cmd_db_upgrade)
+
+    alerts = commands.add_parser("alerts", help="stored alerts: list, show and work them")
+    alert_commands = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=_Parser)
+    alert_commands.required = True
+    listing = alert_commands.add_parser("list", help="list stored alerts, newest first")
+    listing.add_argument("--status", action="append", choices=_ALERT_STATUSES, help="only this status (repeatable)")
+    listing.add_argument("--severity", action="append", choices=_SEVERITIES, help="only this severity (repeatable)")
+    listing.add_argument("--detector", action="append", help="only this detector (repeatable)")
+    listing.add_argument("--customer", action="append", metavar="ID", help="only this customer (repeatable)")
+    listing.add_argument("--assignee", default=None, help="only alerts assigned to NAME ('' = unassigned)", metavar="NAME")
+    listing.add_argument("--search", default=None, help="text in the title, customer name or id")
+    listing.add_argument("--sort", choices=list(_ALERT_ORDERS), default="newest",
+                         help="newest first (default), oldest first, worst severity first, last updated first, by customer")
+    listing.add_argument("--limit", type=int, default=None, help="at most N alerts (default: all)", metavar="N")
+    listing.add_argument("--json", action="store_true", help="print a JSON array of alerts (CONTRACT §3)")
+    listing.set_defaults(handler=_cmd_alerts_list)
+
+    show = alert_commands.add_parser("show", help="one alert with its history and deliveries")
+    show.add_argument("alert_id", metavar="ALERT_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_cmd_alerts_show)
+
+    by_help = "who makes the change (default: $USER)"
+    for name, status, help_text, note_required in (
+        ("ack", "acknowledged", "acknowledge an alert", False),
+        ("resolve", "resolved", "resolve an alert (needs --note)", True),
+        ("false-positive", "false_positive", "mark an alert a false positive (needs --note)", True),
+        ("reopen", "open", "reopen an alert (a resolved or false-positive one needs --note)", False),
+    ):
+        change = alert_commands.add_parser(name, help=help_text)
+        change.add_argument("alert_id", metavar="ALERT_ID")
+        change.add_argument("--by", default=None, metavar="NAME", help=by_help)
+        change.add_argument("--note", default=None, required=note_required, help="why")
+        change.set_defaults(handler=_cmd_alerts_status, to_status=status)
+
+    assign = alert_commands.add_parser("assign", help="give an alert to someone (or --unassign)")
+    assign.add_argument("alert_id", metavar="ALERT_ID")
+    assign.add_argument("assignee", nargs="?", default=None, metavar="NAME")
+    assign.add_argument("--unassign", action="store_true", help="take the alert away from whoever has it")
+    assign.add_argument("--by", default=None, metavar="NAME", help=by_help)
+    assign.add_argument("--note", default=None)
+    assign.set_defaults(handler=_cmd_alerts_assign)
+
+
+def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.store import StoreError, safe_url, upgrade_database
+
+    url = settings.resolved_database_url
+    try:
+        before, after = upgrade_database(url)
+    except StoreError as problem:
+        raise UserError(str(problem)) from None
+    where = safe_url(url)
+    if before == after:
+        print(f"{where}: schema is current (revision {after})")
+    else:
+        print(f"{where}: schema upgraded from {before or 'empty'} to revision {after}")
+    return 0
+
+
+def _alert_store(settings: Settings):  # -> sinks.store.AlertStore
+    from sinks.store import AlertStore, StoreError, check_schema_current
+
+    url = settings.resolved_database_url
+    try:
+        check_schema_current(url)
+    except StoreError as problem:
+        raise UserError(str(problem)) from None
+    return AlertStore(url)
+
+
+def _store_call(call: Callable[[], object]) -> object:
+    from sinks.store import StoreError
+
+    try:
+        return call()
+    except StoreError as problem:
+        raise UserError(str(problem)) from None
+
+
+def _cmd_alerts_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise UserError(f"--limit {args.limit} must be 0 or more")
+    store = _alert_store(settings)
+    try:
+        alerts = _store_call(lambda: store.list_alerts(
+            status=args.status, severity=args.severity, detector=args.detector, customer=args.customer,
+            assignee=args.assignee, search=args.search, order=_ALERT_ORDERS[args.sort], limit=args.limit,
+        ))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(alerts))
+        return 0
+    if not alerts:
+        print("no alerts")
+        return 0
+    rows = [("ALERT", "SEVERITY", "STATUS", "DETECTOR", "CUSTOMER", "RAISED", "ASSIGNEE", "TITLE")]
+    for alert in alerts:  # type: ignore[union-attr]
+        customer = alert["customer_id"] + (f" {alert['customer_name']}" if alert.get("customer_name") else "")
+        rows.append((alert["alert_id"], alert["severity"], alert["status"], alert["detector"], customer[:30],
+                     (alert["raised_at"] or "")[:16].replace("T", " "), alert.get("assignee") or "-",
+                     alert["title"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _cmd_alerts_show(args: argparse.Namespace, settings: Settings) -> int:
+    store = _alert_store(settings)
+    try:
+        alert = _store_call(lambda: store.get_alert(args.alert_id))
+    finally:
+        store.close()
+    if alert is None:
+        raise UserError(f"no alert {args.alert_id!r}")
+    if args.json:
+        print(json.dumps(alert))
+        return 0
+    a: dict = alert  # type: ignore[assignment]
+    print(f"{a['alert_id']}  {a['severity'].upper()}  {a['status']}  (revision {a['revision']})")
+    print(f"  {a['title']}")
+    print(f"  customer   {a['customer_id']}" + (f" ({a['customer_name']})" if a.get("customer_name") else ""))
+    print(f"  detector   {a['detector']}" + (f", score {a['score']:.2f}" if a.get("score") is not None else ""))
+    print(f"  raised     {a['raised_at']}   updated {a['updated_at']}")
+    print(f"  assignee   {a.get('assignee') or '-'}")
+    for reason in a["reasons"]:
+        print(f"  - {reason.get('message') or reason.get('code')}")
+    print("history:")
+    for item in a["history"]:
+        moved = f"{item['from_status'] or '-'} → {item['to_status']}"
+        if item["change"] == "assigned":
+            moved = f"assignee {item['from_assignee'] or '-'} → {item['to_assignee'] or '-'}"
+        note = f": {item['note']}" if item.get("note") else ""
+        print(f"  {item['at'][:19].replace('T', ' ')}  {item['by']:<12} {item['change']:<9} {moved}{note}")
+    if a["deliveries"]:
+        print("deliveries:")
+        for item in a["deliveries"]:
+            error = f" ({item['last_error']})" if item.get("last_error") and item["status"] != "delivered" else ""
+            print(f"  {item['sink']:<8} {item['kind']:<13} {item['change']:<14} {item['status']:<9} "
+                  f"attempts {item['attempts']}{error}")
+    return 0
+
+
+def _changed_by(args: argparse.Namespace) -> str:
+    from sinks.store import default_user
+
+    return args.by if args.by is not None else default_user()
+
+
+def _cmd_alerts_status(args: argparse.Namespace, settings: Settings) -> int:
+    store = _alert_store(settings)
+    by = _changed_by(args)
+    try:
+        alert = _store_call(lambda: store.change_status(args.alert_id, args.to_status, by, args.note))
+    finally:
+        store.close()
+    print(f"{args.alert_id}: now {alert['status']} (by {by})")  # type: ignore[index]
+    return 0
+
+
+def _cmd_alerts_assign(args: argparse.Namespace, settings: Settings) -> int:
+    if args.unassign == (args.assignee is not None):
+        raise UserError("give either a NAME to assign the alert to or --unassign")
+    store = _alert_store(settings)
+    by = _changed_by(args)
+    try:
+        alert = _store_call(lambda: store.assign(args.alert_id, None if args.unassign else args.assignee, by, args.note))
+    finally:
+        store.close()
+    print(f"{args.alert_id}: assigned to {alert['assignee'] or 'nobody'} (by {by})")  # type: ignore[index]
+    return 0
 
 
 if __name__ == "__main__":

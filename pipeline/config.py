@@ -76,6 +76,8 @@ class Settings:
     #: How many events one batch may hold, and how long to wait to fill it.
     batch_max: int = 1000
     batch_wait_s: float = 0.02
+    #: How often a worker checks whether the clock reached a customer's wake-up day.
+    tick_interval_s: float = 30.0
     slack_channel: str = ""
     slack_bot_token: str = field(default="", repr=False)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -154,6 +156,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_timeout_s=_int(env, "CREDITWATCH_SESSION_TIMEOUT_MS", 6000, 1000, 300_000) / 1000,
         batch_max=_int(env, "CREDITWATCH_BATCH_MAX", 1000, 1, 100_000),
         batch_wait_s=_int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000) / 1000,
+        tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
         slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
         ledger=LedgerConfig(

@@ -714,7 +714,7 @@ def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Positi
             }
         )
 
-    pending, broken = _promise_status(state, alloc, as_of, config)
+    pending, broken = promise_status(state, alloc, as_of, config)
     rating = profile.ratings[-1] if profile.ratings else None
     limit = profile.credit_limit
     exposure = shown(exposure_base)
@@ -776,7 +776,7 @@ def _describe_orphan(invoice: Invoice) -> str:
     return " and ".join(kinds) or "event"
 
 
-def _promise_status(
+def promise_status(
     state: CustomerState, alloc: Allocation, as_of: date, config: LedgerConfig
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     pending: list[dict[str, Any]] = []
@@ -881,7 +881,7 @@ def compact(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> None
             lifetime.settled += to_base(payment.receipt[2], payment.receipt[3], config)  # type: ignore[index]
     for event_id, promise in list(state.promises.items()):
         if promise.promised_on < cutoff:
-            pending, broken = _promise_status(
+            pending, broken = promise_status(
                 CustomerState(state.customer_id, payments=state.payments, promises={event_id: promise}),
                 alloc,
                 promise.promised_on + timedelta(days=config.promise_grace_days + 1),

@@ -12,16 +12,28 @@ answers with :class:`~detectors.base.ModelSignals`. Two kinds of state:
 
       "h":  [n, n_late, ewm_late, n_dl, sum_dl, ewm_dl]   labelled history
       "a":  [n, mean, m2]            Welford stats of log(invoice amount)
-      "o":  {invoice_id: [issued, due, p, state, outstanding, features]}
-            open invoices (dates as ordinals). state 0: waiting for its
-            label, features kept; 1: labelled late while still open
-            (features dropped); 2: open, issued before the models saw it.
+      "o":  {invoice_id: [issued, due, p, state, outstanding, untouched, features]}
+            the open invoices (dates as ordinals, outstanding in the base
+            currency). state 0: waiting for its label, features kept;
+            1: labelled late while still open (features dropped); 2: open,
+            issued before the models saw it (no p). untouched: no cash or
+            credit on it yet.
+      "c":  1 when "o" is exactly the ledger's open invoices and no cash is
+            on account, so that an invoice, or a payment naming an untouched
+            invoice, is applied here without a full ledger allocation
       "ph": [n, mean, sum, min, n_at_min, mean_at_min, n_since, sum_since]
             Page-Hinkley test for an increase of days late
       "dd": [day, before, now]       the last habit drift
+      "bp": [broken promises, day]   counted once a day or when cash moves
       "r":  [risk, previous risk]
 
-  Size: a few numbers plus ~20 per open invoice; nothing grows with history.
+  Size: ~120 bytes of JSON plus ~150 per open invoice awaiting its label (~50 once
+  labelled); nothing grows with history.
+
+Cost: an allocation of the customer's ledger only when the shortcut above
+does not apply (cash on account, partial or over-payments, credit notes,
+reversals, write-offs, the first event of a record); otherwise O(open
+invoices) per event plus one river predict (at issue) or learn (at label).
 
 **Late payment** — score before learn (progressive validation). At
 ``invoice.issued`` the features known at that moment (the customer's
@@ -64,28 +76,29 @@ distribution. Smaller-than-usual invoices score 0.
 **Customer risk** 0..1 — the open exposure's P(late) (each open invoice's
 ``p`` weighted by what is still outstanding; 1 for an invoice already
 labelled late; the customer's smoothed late rate when nothing is open),
-combined as independent risks with the share overdue, the rating's PD, a
-recent habit drift, broken promises and recent insolvency/court events.
+combined as ``1 - Π(1 - wₖ·sₖ)`` with the overdue share (each amount counted
+in full from 90 days past due), the rating's PD, a habit drift in the last
+90 days, broken promises and insolvency/court events in the last year. The
+weights (``RISK_WEIGHT_*``) keep any one signal from saturating the score:
+all exposure late alone gives 0.6.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import pickle
 from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from river import linear_model, metrics, optim
 
 from detectors.base import ModelSignals
 from pipeline.config import LedgerConfig
-from pipeline.events import Event, validate_event
+from pipeline.events import Event, InvalidEvent, parse_event, validate_event
 from pipeline.ledger import DEFAULT_CONFIG, Allocation, LedgerRejected, allocate, apply, new_state, to_base
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +123,8 @@ FEATURES: tuple[str, ...] = (
     "disputes",  # log1p(open disputes on other invoices)
 )
 
-#: Where the model starts: the smoothed late rate, nudged by overdue exposure.
+#: Where the model starts (all other weights 0, intercept 0): P(late) = the customer's smoothed
+#: late rate, raised by overdue invoices, a rating's PD, high utilisation and an unusually large amount.
 PRIOR_WEIGHTS: dict[str, float] = {
     "late_logit": 1.0,
     "overdue_share": 0.5,
@@ -140,13 +154,6 @@ RISK_WEIGHT_DRIFT = 0.2
 RISK_WEIGHT_BROKEN_PROMISE = 0.1  # each, up to five
 LEGAL_ACTIVE_DAYS = 365
 LEGAL_WEIGHT = {"insolvency_filing": 0.5, "liquidation": 0.6, "court_judgment": 0.2, "other": 0.05}
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 def _logit(p: float) -> float:
@@ -236,8 +243,8 @@ def page_hinkley_update(state: list[float] | None, x: float, delta: float, thres
         before = mean_min if n_min else mean
         now = sum_since / n_since if n_since else x
         return [0.0, 0.0, 0.0, math.inf, 0.0, 0.0, 0.0, 0.0], DriftResult(_r(before), _r(now))
-    return [n, _r(mean, 6), _r(total, 6), _r(minimum, 6) if minimum != math.inf else minimum, n_min,
-            _r(mean_min, 6), n_since, _r(sum_since, 4)], None
+    return [n, round(mean, 6), round(total, 6), round(minimum, 6) if minimum != math.inf else minimum, n_min,
+            round(mean_min, 6), n_since, round(sum_since, 4)], None
 
 
 def _ph_to_json(state: list[float]) -> list[float | None]:
@@ -263,7 +270,7 @@ class OnlineModels:
         learning_rate: float = 0.05,
         l2: float = 0.0,
         drift_threshold: float = 10.0,
-        drift_delta: float = 3.0,
+        drift_delta: float = 5.0,
         drift_min_instances: int = 5,
         anomaly_min_history: int = 5,
         anomaly_min_sd: float = 0.1,
@@ -315,7 +322,7 @@ class OnlineModels:
         self.sum_days_late = 0.0
 
     def _fresh_metrics(self) -> None:
-        self.roc = metrics.ROCAUC(n_thresholds=50)
+        self.roc = metrics.ROCAUC()  # river default: 10 thresholds (an approximation; see roc_auc_exact)
         self.log_loss = metrics.LogLoss()
         self.predictions: deque[tuple[int, float, int]] = deque(maxlen=self.keep_predictions)
         self.labels_by = {"settled": 0, "written_off": 0, "overdue": 0}
@@ -357,7 +364,7 @@ class OnlineModels:
             "labels_by": dict(self.labels_by),
             "late_rate": round(self.scored_late / scored, 4) if scored else None,
             "mean_p": round(sum(p for _, p, _ in self.predictions) / kept, 4) if kept else None,
-            "roc_auc": round(self.roc.get(), 4) if scored else None,
+            "roc_auc": round(float(self.roc.get()), 4) if scored else None,
             "roc_auc_exact": _round(auc_by_issue_date(self.predictions)),
             "roc_auc_last_30pct": _round(auc_by_issue_date(self.predictions, 0.3)),
             "log_loss": round(self.log_loss.get(), 4) if scored else None,
@@ -392,7 +399,6 @@ class OnlineModels:
             signals.habit_drift = True
             signals.days_late_mean_before, signals.days_late_mean_now = drift.before, drift.now
             m["dd"] = [today.toordinal(), drift.before, drift.now]
-        self._cross(m, today)
         self._finish(record, m, today, signals, alloc, kind in BALANCE_EVENTS or kind == "payment.promised")
         return signals
 
@@ -401,7 +407,6 @@ class OnlineModels:
         if not m:
             m.update(self._new_customer())
         signals = ModelSignals()
-        self._cross(m, today)
         self._finish(record, m, today, signals, None)
         return signals
 
@@ -492,7 +497,7 @@ class OnlineModels:
             _clip(pd * 10, 0.0, 5.0),
             math.log1p(disputes),
         )
-        return [_r(v) for v in values]
+        return [round(v, 4) for v in values]
 
     def predict(self, features: Sequence[float]) -> float:
         """P(late) for one feature vector (in :data:`FEATURES` order)."""
@@ -654,39 +659,39 @@ class OnlineModels:
         h[3] += 1
         h[4] = _r(h[4] + x, 2)
         h[5] = _r((1 - EWM) * h[5] + EWM * x, 3)
-        state, drift = page_hinkley_update(_ph_from_json(m["ph"]), x, self.drift_delta, self.drift_threshold,
+        # Drift watches days beyond terms: paying early and paying on time are the same habit here.
+        state, drift = page_hinkley_update(_ph_from_json(m["ph"]), max(x, 0.0), self.drift_delta, self.drift_threshold,
                                            self.drift_min_instances)
         m["ph"] = _ph_to_json(state)
         return drift
 
-    def _cross(self, m: dict[str, Any], today: date) -> None:
-        """Open invoices more than late_days past due are late, now."""
-        limit = today.toordinal() - self.late_days
-        for entry in m["o"].values():
-            if entry[3] == 0 and entry[1] < limit:
-                self._label(m, entry, 1, "overdue")
-
-    # --- risk -------------------------------------------------------------------------
+    # --- labels by the clock, and risk ------------------------------------------------------
 
     def _finish(self, record: CustomerRecord, m: dict[str, Any], today: date, signals: ModelSignals,
                 alloc: Allocation | None, moved: bool = False) -> None:
-        """The customer's risk score (and the open invoices' P(late)) into ``signals``."""
+        """Label what crossed ``late_days`` unpaid; then the risk score and each open invoice's P(late)."""
         t = today.toordinal()
-        g = self.portfolio_late_rate()
-        n, n_late = m["h"][0], m["h"][1]
-        customer_rate = (n_late + HISTORY_PRIOR * g) / (n + HISTORY_PRIOR)
-        weighted = total = overdue = 0.0
+        late_limit = t - self.late_days
+        weighted = total = overdue = unwatched = 0.0
         late_probability = signals.late_probability
         for invoice_id, entry in m["o"].items():
             state, outstanding = entry[3], entry[4]
-            p = 1.0 if state == 1 else entry[2] if state == 0 else customer_rate
-            if state != 2:
-                late_probability[invoice_id] = p
+            if state == 0 and entry[1] < late_limit:
+                self._label(m, entry, 1, "overdue")  # more than late_days past due, unpaid: late, now
+                state = 1
             total += outstanding
-            weighted += outstanding * p
+            if state == 2:
+                unwatched += outstanding
+            else:
+                p = 1.0 if state == 1 else entry[2]
+                late_probability[invoice_id] = p
+                weighted += outstanding * p
             past_due = t - entry[1]
             if past_due > 0:
-                overdue += outstanding * min(past_due / OVERDUE_FULL_DAYS, 1.0)
+                overdue += outstanding * (1.0 if past_due >= OVERDUE_FULL_DAYS else past_due / OVERDUE_FULL_DAYS)
+        h = m["h"]
+        customer_rate = (h[1] + HISTORY_PRIOR * self.portfolio_late_rate()) / (h[0] + HISTORY_PRIOR)
+        weighted += unwatched * customer_rate
         base = weighted / total if total > 0 else customer_rate
         safe = (1 - RISK_WEIGHT_LATE * base) * (1 - RISK_WEIGHT_OVERDUE * (overdue / total if total > 0 else 0.0))
         profile = record.ledger.profile
@@ -719,11 +724,11 @@ class OnlineModels:
         cached = m.get("bp")
         if cached is not None and cached[1] == today.toordinal() and not moved:
             return cached[0]
-        from pipeline.ledger import _promise_status  # the ledger's own rule for a kept promise
+        from pipeline.ledger import promise_status  # the ledger's own rule for a kept promise
 
         if alloc is None:
             alloc = allocate(record.ledger, self.ledger_config)
-        _, broken = _promise_status(record.ledger, alloc, today, self.ledger_config)
+        _, broken = promise_status(record.ledger, alloc, today, self.ledger_config)
         m["bp"] = [len(broken), today.toordinal()]
         return len(broken)
 
@@ -732,7 +737,8 @@ class OnlineModels:
     def warm_start(self, events: Iterable[Event | dict[str, Any]] | str | Path) -> int:
         """Train the late-payment model on past events; returns the labels learned.
 
-        The events are replayed in time order through a private ledger with a
+        The events (validated objects, JSON dicts, or a JSONL file; invalid ones
+        are skipped) are replayed in time order through a private ledger with a
         daily clock, exactly as live (score, then learn). The customers' state
         from that replay is discarded, and the metrics start afresh, so that
         what :meth:`metrics` reports afterwards is live performance only.
@@ -748,15 +754,24 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _events(source: Iterable[Event | dict[str, Any]] | str | Path) -> Iterator[Event]:
+def _events(source: Iterable[Event | dict[str, Any]] | str | Path) -> list[Event]:
+    """Validated events in time order (file order breaks ties); invalid ones are left out."""
     if isinstance(source, (str, Path)):
-        with Path(source).open() as handle:
-            for line in handle:
-                if line.strip():
-                    yield validate_event(json.loads(line))
-        return
-    for item in source:
-        yield item if isinstance(item, Event) else validate_event(item)
+        with Path(source).open("rb") as handle:
+            raw: Iterable[Any] = [line for line in handle if line.strip()]
+    else:
+        raw = source
+    events = []
+    for item in raw:
+        if isinstance(item, Event):
+            events.append(item)
+            continue
+        try:
+            events.append(parse_event(item) if isinstance(item, bytes) else validate_event(item))
+        except InvalidEvent:
+            continue
+    events.sort(key=lambda e: e.occurred_at)
+    return events
 
 
 def replay(models: OnlineModels, events: Iterable[Event], engine: Any = None) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 One agent reads ``credit.invoices``, ``credit.payments`` and
 ``credit.customers`` (all keyed by customer_id, same partition count), so the
 worker that owns partition *p* owns every event of the customers hashed to
-*p* and their state in partition *p* of the changelog. No repartition.
+*p* and their record in partition *p* of the changelog. No repartition.
 
-The agent works in batches (``take_events``): each customer touched in a
-batch is written to the Table once, and the batch's changelog records and
-dead letters are acknowledged by the broker before the batch's source offsets
-are acknowledged to faust, which commits them later. So a committed offset
-never runs ahead of the state that event produced. A failure inside a batch
-ends the process without acknowledging anything (faust would otherwise ack
-the whole batch on the way out); on restart the batch is read again, and the
-ledger's idempotence makes that harmless.
+The agent works in batches (``take_events``): the batch goes through the
+engine, its alerts are committed to the store (``WorkerRuntime.persist``),
+each touched customer is written to the Table once, and the changelog records
+and dead letters are acknowledged by the broker before the batch's source
+offsets are acknowledged to faust, which commits them later. So a committed
+offset never runs ahead of the state and the alerts that event produced. A
+failure inside a batch ends the process without acknowledging anything (faust
+would otherwise ack the whole batch on the way out); on restart the batch is
+read again, and the ledger's and the store's idempotence make that harmless.
+
+A timer moves the clock: customers whose wake-up day has come get a tick
+(aging, broken promises, late labels), under the same lock as batches.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -29,6 +33,7 @@ from aiokafka.partitioner import murmur2
 from pipeline.config import Settings
 from streams import transport
 from streams.processor import BatchProcessor, BatchResult, Record, StateCache, encode_state
+from streams.runtime import WorkerRuntime
 
 log = logging.getLogger("creditwatch.worker")
 
@@ -37,6 +42,10 @@ TABLE_NAME = "customers"
 
 def changelog_topic_name(settings: Settings) -> str:
     return f"{settings.consumer_group}-{TABLE_NAME}-changelog"
+
+
+def checkpoint_topic_name(settings: Settings) -> str:
+    return f"{settings.consumer_group}-models"
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -68,10 +77,8 @@ class CustomerTable(faust.Table):
         return future
 
 
-BatchHook = Callable[[BatchResult], Any]
-
-
-def build_app(settings: Settings, on_batch: BatchHook | None = None) -> faust.App:
+def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float = 30.0,
+              checkpoint_interval_s: float = 60.0) -> faust.App:
     transport.FETCH_MAX_WAIT_MS = settings.fetch_max_wait_ms
     session = settings.session_timeout_s
     app = faust.App(
@@ -94,16 +101,10 @@ def build_app(settings: Settings, on_batch: BatchHook | None = None) -> faust.Ap
         producer_acks=-1,
         stream_recovery_delay=0.0,
     )
-    source = app.topic(
-        *settings.input_topics,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
-    deadletter = app.topic(settings.topic("deadletter"), key_type=bytes, value_type=bytes,
-                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    source = app.topic(*settings.input_topics, partitions=settings.partitions, **raw)
+    deadletter = app.topic(settings.topic("deadletter"), partitions=settings.partitions, **raw)
+    checkpoints = app.topic(checkpoint_topic_name(settings), partitions=1, **raw)
     table = app.tables.add(
         CustomerTable(
             app,
@@ -112,27 +113,112 @@ def build_app(settings: Settings, on_batch: BatchHook | None = None) -> faust.Ap
             key_type=bytes,
             value_type=bytes,
             partitions=settings.partitions,
-            help="Each customer's ledger state, as JSON facts (pipeline.ledger).",
+            help="Each customer's record: ledger facts, alert episodes, model state (pipeline.engine).",
         )
     )
     cache = StateCache(lambda customer_id: table.get(customer_id.encode()))
     topic_kinds = {settings.topic(kind): kind for kind in ("invoices", "payments", "customers")}
-    processor = BatchProcessor(cache, settings.ledger, topic_kinds)
+    processor = BatchProcessor(cache, runtime.engine, topic_kinds, runtime.clock)
+    wake_stale = asyncio.Event()
 
     @app.on_partitions_revoked.connect
-    async def forget_cached_states(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+    async def forget_partition_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         # Partitions may come back after another worker changed them.
         cache.clear()
+        runtime.wake.clear()
+        wake_stale.set()
+
+    @app.on_partitions_assigned.connect
+    async def mark_wake_schedule_stale(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        wake_stale.set()
+
+    async def write(result_states: dict, partitions: dict[str, int], letters: list) -> None:
+        for customer_id, record in result_states.items():
+            key = customer_id.encode()
+            partition = partitions.get(customer_id)
+            if partition is not None:
+                table.source_partition[key] = partition
+            table[key] = encode_state(record)
+        table.source_partition.clear()
+        confirmations = table.unconfirmed
+        table.unconfirmed = []
+        for letter in letters:
+            log.warning("dead-lettered %s[%d]@%d: %s", letter.record.topic, letter.record.partition,
+                        letter.record.offset, letter.reason)
+            confirmations.append(await deadletter.send(key=letter.record.key, value=letter.record.value or b"",
+                                                       headers=letter.headers()))
+        if confirmations:
+            await asyncio.gather(*confirmations)
+
+    async def handle_batch(events: list[Any]) -> None:
+        records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                   for e in events]
+        async with runtime.lock:
+            now = runtime.clock.now()
+            result: BatchResult = processor.process(records, now)
+            await runtime.persist(result.updates, result.states, now)
+            await write(result.states, result.partitions, result.dead_letters)
+            runtime.schedule(result.states.values(), now.date())
 
     @app.agent(source, concurrency=1)
     async def process(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
             try:
-                await _handle_batch(events, processor, table, deadletter, on_batch)
+                await handle_batch(events)
             except Exception:  # noqa: BLE001 - crash-only: never let faust ack a failed batch
                 log.critical("batch failed; stopping without committing it", exc_info=True)
                 logging.shutdown()
                 os._exit(70)
+
+    def assigned_partitions() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic in settings.input_topics}
+
+    async def rebuild_wake_schedule() -> None:
+        owned = assigned_partitions()
+        today = runtime.clock.now().date()
+        runtime.wake.clear()
+        for key, value in list(table.items()):
+            if key_partition(key, settings.partitions) in owned:
+                record = cache.get(key.decode())
+                if record is not None:
+                    runtime.wake.set(record.customer_id, runtime.engine.next_wake(record, today))
+
+    @app.timer(tick_interval_s)
+    async def move_the_clock() -> None:
+        if not app.tables.recovery.completed.is_set():
+            return
+        try:
+            async with runtime.lock:
+                if wake_stale.is_set():
+                    wake_stale.clear()
+                    await rebuild_wake_schedule()
+                now = runtime.clock.now()
+                touched, updates = runtime.tick(cache.get, now)
+                if touched:
+                    await runtime.persist(updates, touched, now)
+                    await write(touched, {}, [])
+        except Exception:  # noqa: BLE001 - same crash-only rule as batches
+            log.critical("clock tick failed; stopping", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    async def save_checkpoint() -> None:
+        snapshot = getattr(runtime.models, "snapshot", None)
+        if snapshot is not None:
+            await (await checkpoints.send(key=b"models", value=snapshot()))
+
+    @app.timer(checkpoint_interval_s)
+    async def checkpoint_models() -> None:
+        if app.tables.recovery.completed.is_set():
+            async with runtime.lock:
+                await save_checkpoint()
+
+    @app.task
+    async def deliver_alerts(app: faust.App) -> None:
+        from sinks.outbox import OutboxDeliverer
+
+        deliverer = OutboxDeliverer(runtime.store, runtime.sinks, runtime.clock)
+        await deliverer.run_forever(runtime.stopping, poll_interval=0.5)
 
     @app.task
     async def announce_ready(app: faust.App) -> None:
@@ -142,39 +228,5 @@ def build_app(settings: Settings, on_batch: BatchHook | None = None) -> faust.Ap
 
     app.creditwatch_table = table  # type: ignore[attr-defined]
     app.creditwatch_cache = cache  # type: ignore[attr-defined]
+    app.creditwatch_save_checkpoint = save_checkpoint  # type: ignore[attr-defined]
     return app
-
-
-async def _handle_batch(
-    events: list[Any],
-    processor: BatchProcessor,
-    table: CustomerTable,
-    deadletter: Any,
-    on_batch: BatchHook | None,
-) -> None:
-    records = [
-        Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events
-    ]
-    result = processor.process(records)
-    for customer_id, state in result.states.items():
-        key = customer_id.encode()
-        table.source_partition[key] = result.partitions[customer_id]
-        table[key] = encode_state(state)
-    table.source_partition.clear()
-    confirmations = table.unconfirmed
-    table.unconfirmed = []
-    for letter in result.dead_letters:
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s", letter.record.topic, letter.record.partition, letter.record.offset, letter.reason
-        )
-        confirmations.append(
-            await deadletter.send(
-                key=letter.record.key, value=letter.record.value or b"", headers=letter.headers()
-            )
-        )
-    if on_batch is not None:
-        outcome = on_batch(result)
-        if asyncio.iscoroutine(outcome):
-            await outcome
-    if confirmations:
-        await asyncio.gather(*confirmations)

@@ -1,18 +1,18 @@
 """The per-batch work of a worker, free of any streaming framework.
 
 ``BatchProcessor.process`` takes raw records (as read from Kafka) and returns
-what must be written: the new state of each customer touched (once per
-customer per batch, however many of its events were in the batch) and the
-dead letters. The faust agent, the framework-free benchmark loop and the
-offline tools all call this same code.
+what must be written: the new record of each customer touched (once per
+customer per batch, however many of its events were in the batch), the alert
+updates and the dead letters. The faust agent, the framework-free benchmark
+loop and the tests all call this same code.
 
 Shape of the data at each step::
 
     Record(topic, partition, offset, key, value bytes)
-      → parse_event (the edge)               → Event | dead letter
-      → key check (key == customer_id)       → Event | dead letter
-      → ledger.apply(state, event)           → state | dead letter
-    BatchResult(states: {customer_id: CustomerState}, dead_letters: [DeadLetter])
+      → parse_event (the edge)                 → Event | dead letter
+      → key and topic checks                   → Event | dead letter
+      → engine.on_event(record, event, now)    → CustomerRecord, [AlertUpdate] | dead letter
+    BatchResult(states: {customer_id: CustomerRecord}, updates: [AlertUpdate], dead_letters: [DeadLetter])
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from pipeline.config import LedgerConfig
+from datetime import datetime
+
+from pipeline.alerts import AlertUpdate
+from pipeline.clock import Clock, SystemClock
+from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
 from pipeline.events import Event, InvalidEvent, parse_event
-from pipeline.ledger import CustomerState, LedgerRejected, apply, state_from_dict, state_to_dict
+from pipeline.ledger import LedgerRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +57,16 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class BatchResult:
-    states: dict[str, CustomerState] = field(default_factory=dict)
+    states: dict[str, CustomerRecord] = field(default_factory=dict)
+    updates: list[AlertUpdate] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     applied: list[Event] = field(default_factory=list)
     duplicates: int = 0
     partitions: dict[str, int] = field(default_factory=dict)  # customer_id -> source partition
 
 
-def encode_state(state: CustomerState) -> bytes:
-    return json.dumps(state_to_dict(state), separators=(",", ":")).encode()
-
-
-def decode_state(raw: bytes) -> CustomerState:
-    return state_from_dict(json.loads(raw))
+encode_state = encode_record
+decode_state = decode_record
 
 
 class StateCache:
@@ -79,9 +80,9 @@ class StateCache:
     def __init__(self, load: Callable[[str], bytes | None], capacity: int = 100_000):
         self._load = load
         self._capacity = capacity
-        self._states: OrderedDict[str, CustomerState] = OrderedDict()
+        self._states: OrderedDict[str, CustomerRecord] = OrderedDict()
 
-    def get(self, customer_id: str) -> CustomerState | None:
+    def get(self, customer_id: str) -> CustomerRecord | None:
         state = self._states.get(customer_id)
         if state is not None:
             self._states.move_to_end(customer_id)
@@ -93,7 +94,7 @@ class StateCache:
         self.put(customer_id, state)
         return state
 
-    def put(self, customer_id: str, state: CustomerState) -> None:
+    def put(self, customer_id: str, state: CustomerRecord) -> None:
         self._states[customer_id] = state
         self._states.move_to_end(customer_id)
         while len(self._states) > self._capacity:
@@ -107,14 +108,17 @@ class StateCache:
 
 
 class BatchProcessor:
-    def __init__(self, cache: StateCache, config: LedgerConfig, topic_kinds: dict[str, str] | None = None):
+    def __init__(self, cache: StateCache, engine: RiskEngine, topic_kinds: dict[str, str] | None = None,
+                 clock: Clock | None = None):
         self.cache = cache
-        self.config = config
+        self.engine = engine
         #: topic name -> "invoices" | "payments" | "customers"; None accepts any topic (offline use).
         self.topic_kinds = topic_kinds
+        self.clock = clock or SystemClock()
 
-    def process(self, records: Iterable[Record]) -> BatchResult:
+    def process(self, records: Iterable[Record], now: datetime | None = None) -> BatchResult:
         result = BatchResult()
+        now = now or self.clock.now()
         for record in records:
             try:
                 event = self._edge(record)
@@ -123,15 +127,16 @@ class BatchProcessor:
                         f"event type {event.type} belongs on the {event.topic_kind} topic, not on {record.topic}"
                     )
                 state = result.states.get(event.customer_id) or self.cache.get(event.customer_id)
-                if state is not None and state.has_seen(event.event_id):
+                if state is not None and state.ledger.has_seen(event.event_id):
                     result.duplicates += 1
                     continue
-                state = apply(state, event, self.config)
+                state, updates = self.engine.on_event(state, event, now)
             except (InvalidEvent, LedgerRejected) as refused:
                 result.dead_letters.append(DeadLetter(record, refused.reason))
                 continue
             self.cache.put(event.customer_id, state)
             result.states[event.customer_id] = state
+            result.updates.extend(updates)
             result.partitions[event.customer_id] = record.partition
             result.applied.append(event)
         return result

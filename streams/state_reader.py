@@ -9,10 +9,13 @@ no running worker. End offsets come from Fetch high watermarks (see
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from pipeline.config import Settings
 from pipeline.ledger import CustomerState
+
+if TYPE_CHECKING:
+    from pipeline.engine import CustomerRecord
 
 
 class StateUnavailable(Exception):
@@ -72,11 +75,16 @@ async def _read_changelog(settings: Settings, partitions: Iterable[int] | None, 
         await consumer.stop()
 
 
-def read_all_states(settings: Settings) -> dict[str, CustomerState]:
-    from streams.processor import decode_state
+def read_all_records(settings: Settings) -> dict[str, "CustomerRecord"]:
+    from pipeline.engine import decode_record
 
     raw = asyncio.run(_read_changelog(settings, None, None))
-    return {key.decode(): decode_state(value) for key, value in raw.items()}
+    return {key.decode(): decode_record(value) for key, value in raw.items()}
+
+
+def read_all_states(settings: Settings) -> dict[str, CustomerState]:
+    """Each customer's ledger state as the worker last confirmed it."""
+    return {customer_id: record.ledger for customer_id, record in read_all_records(settings).items()}
 
 
 def read_customer_state(settings: Settings, customer_id: str) -> CustomerState | None:
@@ -88,4 +96,4 @@ def read_customer_state(settings: Settings, customer_id: str) -> CustomerState |
     if key not in found:
         # Written by events that were not keyed with the default partitioner: look everywhere.
         found = asyncio.run(_read_changelog(settings, None, key))
-    return decode_state(found[key]) if key in found else None
+    return decode_state(found[key]).ledger if key in found else None

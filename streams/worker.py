@@ -5,8 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from streams.runtime import WorkerRuntime
+
+log = logging.getLogger("creditwatch.worker")
 
 
 class WorkerStartError(Exception):
@@ -33,12 +40,13 @@ def prepare_topics(settings: Settings) -> None:
     is created here before any client can touch it.
     """
     from streams.admin import TopicLayoutError, check_copartitioned, ensure_topics
-    from streams.app import changelog_topic_name
+    from streams.app import changelog_topic_name, checkpoint_topic_name
 
     wanted = {topic: settings.partitions for topic in settings.input_topics}
     wanted[changelog_topic_name(settings)] = settings.partitions
     wanted[settings.topic("deadletter")] = settings.partitions
     wanted[settings.topic("alerts")] = settings.partitions
+    wanted[checkpoint_topic_name(settings)] = 1
     try:
         ensure_topics(settings.bootstrap_servers, wanted)
         check_copartitioned(settings.bootstrap_servers, [*settings.input_topics, changelog_topic_name(settings)])
@@ -48,7 +56,55 @@ def prepare_topics(settings: Settings) -> None:
         raise WorkerStartError(f"cannot prepare topics on {settings.bootstrap_servers}: {problem}") from None
 
 
-def run_worker(settings: Settings) -> int:
+def load_model_checkpoint(settings: Settings) -> bytes | None:
+    """The last model snapshot any worker of this group saved, or None."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streams.admin import high_watermarks
+    from streams.app import checkpoint_topic_name
+
+    topic = checkpoint_topic_name(settings)
+    end = high_watermarks(settings.bootstrap_servers, topic).get(0, 0)
+    if end == 0:
+        return None
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=5000)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, end - 1)
+        for message in consumer:
+            return message.value
+    finally:
+        consumer.close()
+    return None
+
+
+def open_runtime(settings: Settings, thresholds_path: Path | None = None) -> "WorkerRuntime":
+    """Everything the worker needs besides faust; raises WorkerStartError with one line."""
+    from detectors.config import ThresholdError, load_thresholds
+    from sinks.store import AlertStore, SchemaOutdated, StoreUnavailable, check_schema_current
+    from streams.runtime import WorkerRuntime, notify_sinks
+
+    try:
+        thresholds = load_thresholds(thresholds_path)
+    except ThresholdError as problem:
+        raise WorkerStartError(str(problem)) from None
+    url = settings.resolved_database_url
+    try:
+        check_schema_current(url)
+    except (SchemaOutdated, StoreUnavailable) as problem:
+        raise WorkerStartError(str(problem)) from None
+    runtime = WorkerRuntime(settings, thresholds, AlertStore(url), notify_sinks(settings))
+    checkpoint = load_model_checkpoint(settings)
+    restore = getattr(runtime.models, "restore", None)
+    if checkpoint and restore is not None:
+        restore(checkpoint)
+        log.warning("restored the online models from their last checkpoint")
+    return runtime
+
+
+def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     import faust
 
     from streams.app import build_app
@@ -65,15 +121,27 @@ def run_worker(settings: Settings) -> int:
               file=sys.stderr, flush=True)
     try:
         prepare_topics(settings)
+        runtime = open_runtime(settings, thresholds_path)
     except WorkerStartError as problem:
         print(f"creditwatch: error: {problem}", file=sys.stderr)
         return 2
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = build_app(settings)
+    app = build_app(settings, runtime, tick_interval_s=settings.tick_interval_s)
+
+    @app.on_before_shutdown.connect
+    async def stop_delivering_and_checkpoint(app: Any, **kwargs: Any) -> None:
+        runtime.stopping.set()
+        try:
+            await app.creditwatch_save_checkpoint()
+        except Exception:  # noqa: BLE001 - a lost checkpoint costs learning, not correctness
+            log.warning("could not save the model checkpoint on shutdown", exc_info=True)
+
     worker = faust.Worker(app, loglevel="warn", redirect_stdouts=False, quiet=True, override_logging=False)
     worker.spinner = None  # its handler is what forces the root logger to DEBUG
     try:
         worker.execute_from_commandline()
     except SystemExit as stopped:
         return int(stopped.code or 0)
+    finally:
+        runtime.store.close()
     return 0

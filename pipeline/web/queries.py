@@ -1,0 +1,170 @@
+"""Read-only queries the web pages need beyond the store's own API.
+
+They run on the store's engine and session (so errors become
+:class:`sinks.store.StoreUnavailable` / ``SchemaOutdated`` like every store
+call) and never write. Aggregates are computed by the database, so a page
+costs a few indexed queries however large the portfolio is.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import Date, cast, func, select
+
+from pipeline.ledger import AGING_BUCKETS
+from sinks.store import (
+    Alert,
+    AlertHistory,
+    AlertStore,
+    CustomerEventRow,
+    CustomerPositionRow,
+    RiskSnapshotRow,
+)
+
+CENT = Decimal("0.01")
+
+
+def _day(store: AlertStore, column: Any) -> Any:
+    return func.date(column) if store.dialect == "sqlite" else cast(column, Date)
+
+
+def _as_day(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def events_by_id(store: AlertStore, event_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The stored events among ``event_ids``, oldest first (ids the store never saw are left out)."""
+    ids = list(dict.fromkeys(event_ids))[:500]
+    if not ids:
+        return []
+    with store._session() as session:
+        rows = session.execute(select(CustomerEventRow).where(CustomerEventRow.event_id.in_(ids))
+                               .order_by(CustomerEventRow.occurred_at, CustomerEventRow.id)).scalars()
+        return [{"event_id": r.event_id, "customer_id": r.customer_id, "type": r.type,
+                 "occurred_at": _iso(r.occurred_at), "summary": r.summary or {}} for r in rows]
+
+
+def customer_alert_history(store: AlertStore, customer_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Every change to the customer's alerts (raised, escalated, acknowledged, …), newest first."""
+    query = (
+        select(AlertHistory, Alert.title, Alert.severity, Alert.detector)
+        .join(Alert, Alert.alert_id == AlertHistory.alert_id)
+        .where(Alert.customer_id == customer_id)
+        .order_by(AlertHistory.at.desc(), AlertHistory.id.desc())
+        .limit(limit)
+    )
+    with store._session() as session:
+        return [
+            {"alert_id": h.alert_id, "at": _iso(h.at), "by": h.by, "change": h.change, "from_status": h.from_status,
+             "to_status": h.to_status, "from_assignee": h.from_assignee, "to_assignee": h.to_assignee,
+             "note": h.note, "revision": h.revision, "title": title, "severity": severity, "detector": detector}
+            for h, title, severity, detector in session.execute(query)
+        ]
+
+
+@dataclass
+class Portfolio:
+    base_currency: str
+    customers: int = 0
+    exposure: Decimal = Decimal(0)
+    credit_limit: Decimal = Decimal(0)
+    overdue: Decimal = Decimal(0)
+    aging: dict[str, Decimal] = field(default_factory=dict)
+    unconverted: list[str] = field(default_factory=list)  # currencies without an FX rate (left out)
+    dso_trend: list[tuple[str, float]] = field(default_factory=list)
+    alerts_per_day: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    riskiest: list[dict[str, Any]] = field(default_factory=list)
+    open_alerts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        return (self.exposure / self.credit_limit) if self.credit_limit else None
+
+    def aging_share(self) -> list[tuple[str, Decimal, Decimal | None]]:
+        total = sum(self.aging.values(), Decimal(0))
+        return [(bucket, amount, (amount / total) if total else None) for bucket, amount in self.aging.items()]
+
+
+def portfolio(
+    store: AlertStore, base_currency: str, fx_rates: Mapping[str, Decimal], today: date,
+    days: int = 90, riskiest: int = 15,
+) -> Portfolio:
+    """Totals in the base currency, aging, DSO trend, alerts per day and the riskiest customers.
+
+    The trends cover the ``days`` up to ``today`` or, if the data ends earlier
+    (a replayed history), up to the last day with alerts or snapshots.
+    """
+    result = Portfolio(base_currency=base_currency, aging={bucket: Decimal(0) for bucket in AGING_BUCKETS})
+    pos = CustomerPositionRow
+    bucket_sums = [func.sum(pos.position[("aging", bucket)].as_float()) for bucket in AGING_BUCKETS]
+    snap_day = _day(store, RiskSnapshotRow.taken_at)
+    alert_day = _day(store, Alert.raised_at)
+    with store._session() as session:
+        latest = [session.execute(select(func.max(column))).scalar() for column in (Alert.raised_at,
+                                                                                    RiskSnapshotRow.taken_at)]
+        latest_day = max((moment.date() for moment in latest if moment is not None), default=today)
+        today = min(today, latest_day)
+        since = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tzinfo=timezone.utc)
+        totals = session.execute(
+            select(pos.currency, func.count(), func.sum(pos.exposure), func.sum(pos.credit_limit),
+                   func.sum(pos.overdue), *bucket_sums).group_by(pos.currency)
+        ).all()
+        dso = session.execute(
+            select(snap_day, func.sum(RiskSnapshotRow.dso_days * RiskSnapshotRow.exposure),
+                   func.sum(RiskSnapshotRow.exposure))
+            .where(RiskSnapshotRow.taken_at >= since, RiskSnapshotRow.dso_days.is_not(None),
+                   RiskSnapshotRow.exposure > 0)
+            .group_by(snap_day).order_by(snap_day)
+        ).all()
+        per_day = session.execute(
+            select(alert_day, Alert.severity, func.count()).where(Alert.raised_at >= since)
+            .group_by(alert_day, Alert.severity)
+        ).all()
+        open_alerts = session.execute(
+            select(Alert.severity, func.count()).where(Alert.status.in_(("open", "acknowledged")))
+            .group_by(Alert.severity)
+        ).all()
+        top = session.execute(
+            select(pos.customer_id, pos.name, pos.currency, pos.exposure, pos.credit_limit, pos.utilisation,
+                   pos.overdue, pos.rating, pos.risk_score)
+            .where(pos.risk_score.is_not(None)).order_by(pos.risk_score.desc(), pos.customer_id).limit(riskiest)
+        ).all()
+    for currency, count, exposure, limit, overdue, *buckets in totals:
+        result.customers += count
+        rate = fx_rates.get(currency or base_currency)
+        if rate is None:
+            result.unconverted.append(str(currency))
+            continue
+        rate = Decimal(rate)
+        result.exposure += Decimal(exposure or 0) * rate
+        result.credit_limit += Decimal(limit or 0) * rate
+        result.overdue += Decimal(overdue or 0) * rate
+        for bucket, amount in zip(AGING_BUCKETS, buckets):
+            result.aging[bucket] += Decimal(str(amount or 0)) * rate
+    result.exposure, result.credit_limit, result.overdue = (
+        value.quantize(CENT) for value in (result.exposure, result.credit_limit, result.overdue))
+    result.aging = {bucket: amount.quantize(CENT) for bucket, amount in result.aging.items()}
+    result.dso_trend = [(_as_day(day).isoformat(), round(float(weighted / exposure), 1))
+                        for day, weighted, exposure in dso if exposure]
+    counts: dict[date, dict[str, int]] = defaultdict(dict)
+    for day, severity, count in per_day:
+        counts[_as_day(day)][severity] = int(count)
+    first = today - timedelta(days=days - 1)
+    result.alerts_per_day = [((first + timedelta(days=i)).isoformat(), counts.get(first + timedelta(days=i), {}))
+                             for i in range(days)]
+    result.open_alerts = {severity: int(count) for severity, count in open_alerts}
+    result.riskiest = [
+        {"customer_id": c, "name": n, "currency": cur, "exposure": e, "credit_limit": lim, "utilisation": u,
+         "overdue": o, "rating": r, "risk_score": s}
+        for c, n, cur, e, lim, u, o, r, s in top
+    ]
+    return result

@@ -1,0 +1,67 @@
+"""Alerts published to ``credit.alerts`` (CONTRACT §1), keyed by customer_id.
+
+Each alert revision is one record whose value is the alert JSON (CONTRACT §3,
+plus ``revision``); consumers keep the highest revision per ``alert_id``. The
+outbox calls this sink only after the store has the alert, and retries it
+until the broker acknowledged the record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from pipeline.alerts import AlertUpdate
+from sinks.base import SinkError, register_sink
+
+
+@register_sink
+class KafkaAlertSink:
+    name: ClassVar[str] = "kafka"
+
+    def __init__(self, bootstrap_servers: str, topic: str, timeout_s: float = 10.0):
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._producer: Any = None
+
+    def __repr__(self) -> str:
+        return f"KafkaAlertSink(topic={self.topic!r})"
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is None:
+            from kafka import KafkaProducer
+            from kafka.errors import KafkaError
+
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    acks="all",
+                    linger_ms=5,
+                    max_block_ms=int(self.timeout_s * 1000),
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                )
+            except KafkaError as problem:
+                raise SinkError(f"kafka: cannot reach {self.bootstrap_servers}: {problem}") from None
+        return self._producer
+
+    def deliver(self, update: AlertUpdate) -> None:
+        from kafka.errors import KafkaError
+
+        alert = update.alert
+        producer = self._ensure_producer()
+        try:
+            future = producer.send(
+                self.topic,
+                key=alert["customer_id"].encode(),
+                value=json.dumps(alert, default=str, separators=(",", ":")).encode(),
+                headers=[("creditwatch.change", update.change.encode())],
+            )
+            future.get(timeout=self.timeout_s)
+        except KafkaError as problem:
+            raise SinkError(f"kafka: {self.topic}: {problem}") from None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None

@@ -1,0 +1,251 @@
+"""The transactional outbox: notifications go out only after the store has the alert.
+
+The worker writes an alert and one *delivery* row per sink in the same
+transaction (:meth:`sinks.store.AlertStore.record`); nothing is sent before
+that commit. An :class:`OutboxDeliverer` then drains the due deliveries::
+
+    store.due_deliveries(now)   → [Delivery]   (claimed for ``lease`` seconds)
+      sink.send(delivery) / sink.deliver(delivery.update)
+    store.mark_delivered(id, external_ref)   or   store.mark_failed(id, error, next_attempt_at)
+
+A failed delivery is retried with exponential backoff (``base`` doubling up to
+``max_delay``, with jitter) until it succeeds, or honours the far side's
+``SinkError.retry_after``; a ``SinkError(permanent=True)`` stops it (status
+``failed``). Deliveries are per sink and per alert in order: an escalation is
+not sent while the alert's first message to that sink is still pending, so a
+Slack thread always has its parent.
+
+Delivery is at least once: if the worker dies between a sink's success and
+``mark_delivered``, the claim expires and the delivery is made again, so sinks
+stay idempotent by ``alert_id`` + ``revision`` (see ``sinks.base``). A worker
+that restarts simply finds the pending rows and carries on.
+
+The sink protocol, extended
+---------------------------
+A sink of ``sinks.base`` implements ``deliver(update: AlertUpdate)``; that
+keeps working: for alert deliveries it is called with ``delivery.update``,
+and status changes (acknowledged, resolved, …), which it has no way to
+express, are recorded as ``skipped`` for it. A sink that wants more — the
+kind of delivery, the status change, the references returned by its earlier
+deliveries of the same alert (Slack: the parent message's ``ts``) —
+implements :class:`RichSink`::
+
+    def send(self, delivery: Delivery) -> Mapping[str, Any] | None
+
+returning its own reference for the message it made (stored with the delivery
+and handed back to it in ``delivery.refs`` next time). A reference holding
+``channel`` and ``ts`` (Slack's ``chat.postMessage`` answer) also becomes the
+alert's ``slack_channel`` / ``slack_ts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+
+from pipeline.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from pipeline.alerts import AlertUpdate
+    from sinks.store import AlertStore
+
+log = logging.getLogger("creditwatch.outbox")
+
+DeliveryKind = Literal["alert", "status_change"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One notification to make: what happened to which alert, for which sink.
+
+    ``kind`` is ``alert`` (``change`` is raised | escalated | reopened, the
+    alert is as of ``revision``) or ``status_change`` (``change`` is the new
+    status, ``status_change`` says who moved it from what, when, and why).
+    ``refs`` are the references this sink returned for its earlier deliveries
+    of the same alert, oldest first; ``refs[0]`` is the thread's parent.
+    """
+
+    delivery_id: int
+    sink: str
+    kind: DeliveryKind
+    change: str
+    alert: dict[str, Any]
+    revision: int
+    attempt: int = 1
+    refs: tuple[dict[str, Any], ...] = ()
+    status_change: dict[str, Any] | None = None
+
+    @property
+    def update(self) -> AlertUpdate:
+        """The plain ``AlertUpdate`` (alert deliveries only) for sinks that only implement ``deliver``."""
+        from pipeline.alerts import AlertUpdate
+
+        if self.kind != "alert":
+            raise ValueError("a status change is not an AlertUpdate; see Delivery.status_change")
+        return AlertUpdate(self.change, self.alert)  # type: ignore[arg-type]
+
+    @property
+    def thread(self) -> dict[str, Any] | None:
+        """The reference of this sink's first message about the alert, if any."""
+        return self.refs[0] if self.refs else None
+
+
+@runtime_checkable
+class RichSink(Protocol):
+    name: ClassVar[str]
+
+    def send(self, delivery: Delivery) -> Mapping[str, Any] | None:
+        """Make one delivery (one attempt) or raise SinkError; return this sink's reference for it."""
+
+
+@dataclass
+class Backoff:
+    """``base`` seconds doubling per attempt up to ``max_delay``; ``jitter`` shaves up to that fraction off."""
+
+    base: float = 1.0
+    max_delay: float = 300.0
+    jitter: float = 0.2
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after the ``attempt``-th failed attempt (1-based)."""
+        if retry_after is not None and retry_after >= 0:
+            return float(retry_after)  # the far side said when: neither earlier nor later
+        raw = min(self.max_delay, self.base * 2.0 ** max(0, attempt - 1))
+        return raw * (1.0 - self.jitter * self.rng.random())
+
+
+@dataclass
+class RunStats:
+    delivered: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class OutboxDeliverer:
+    """Drains the store's due deliveries into the sinks.
+
+    ``run_once`` is synchronous and cheap when nothing is due, so an asyncio
+    worker calls it with ``asyncio.to_thread`` (``run_forever`` does that).
+    """
+
+    def __init__(
+        self,
+        store: AlertStore,
+        sinks: Mapping[str, Any],
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
+        batch: int = 100,
+        lease: timedelta = timedelta(seconds=60),
+    ):
+        self.store = store
+        self.sinks = dict(sinks)
+        self.clock = clock or SystemClock()
+        self.backoff = backoff or Backoff()
+        self.batch = batch
+        self.lease = lease
+        self.last = RunStats()
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Attempt every delivery that is due; return how many were delivered.
+
+        Store problems raise ``sinks.store.StoreUnavailable``; nothing is lost:
+        what was claimed and not marked becomes due again when the claim expires.
+        """
+        now = now or self.clock.now()
+        stats = RunStats()
+        for delivery in self.store.due_deliveries(now, limit=self.batch, lease=self.lease):
+            outcome = self._attempt(delivery, now)
+            if outcome == "delivered":
+                stats.delivered += 1
+            elif outcome == "skipped":
+                stats.skipped += 1
+            else:
+                stats.failed += 1
+        self.last = stats
+        return stats.delivered
+
+    def _attempt(self, delivery: Delivery, now: datetime) -> str:
+        from sinks.base import SinkError
+
+        sink = self.sinks.get(delivery.sink)
+        if sink is None:
+            # Not configured in this worker (yet): keep it, look again later.
+            when = now + timedelta(seconds=self.backoff.max_delay)
+            self.store.mark_failed(delivery.delivery_id, f"no sink named {delivery.sink!r} is configured", when)
+            return "failed"
+        send = getattr(sink, "send", None)
+        if send is None and delivery.kind != "alert":
+            self.store.mark_skipped(delivery.delivery_id, f"sink {delivery.sink!r} does not take status changes")
+            return "skipped"
+        try:
+            ref = send(delivery) if send is not None else sink.deliver(delivery.update)
+        except SinkError as problem:
+            return self._failed(delivery, now, str(problem), problem.retry_after, problem.permanent)
+        except Exception as problem:  # noqa: BLE001 - a sink bug is retried like an outage, never raised
+            return self._failed(delivery, now, f"{type(problem).__name__}: {problem}", None, False)
+        self.store.mark_delivered(delivery.delivery_id, dict(ref) if isinstance(ref, Mapping) else None)
+        return "delivered"
+
+    def _failed(self, delivery: Delivery, now: datetime, error: str, retry_after: float | None, permanent: bool) -> str:
+        delay = self.backoff.delay(delivery.attempt, retry_after)
+        log.warning(
+            "delivery %s of %s (%s) to %s failed (attempt %d)%s: %s",
+            delivery.delivery_id, delivery.alert.get("alert_id"), delivery.change, delivery.sink, delivery.attempt,
+            "; giving up" if permanent else f"; next in {delay:.1f}s", error,
+        )
+        self.store.mark_failed(delivery.delivery_id, error, now + timedelta(seconds=delay), permanent=permanent)
+        return "failed"
+
+    def _full_batch(self) -> bool:
+        """The last run took a whole batch: more may be due right away."""
+        return self.last.delivered + self.last.failed + self.last.skipped >= self.batch
+
+    async def run_forever(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
+        """Deliver until ``stop`` is set; while the store is unreachable, wait and try again."""
+        from sinks.store import StoreUnavailable
+
+        outage = 0
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_once)
+            except StoreUnavailable as problem:
+                outage += 1
+                wait = min(self.backoff.max_delay, poll_interval * 2 ** min(outage, 8))
+                if outage == 1:
+                    log.warning("outbox paused, store unavailable: %s", problem)
+            else:
+                if outage:
+                    log.warning("outbox resumed after the store came back")
+                outage = 0
+                wait = 0.0 if self._full_batch() else poll_interval
+            if wait:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+
+    def run_in_thread(self, stop: threading.Event, poll_interval: float = 1.0) -> threading.Thread:
+        """The same loop on a daemon thread, for callers without an event loop."""
+
+        def loop() -> None:
+            from sinks.store import StoreUnavailable
+
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                except StoreUnavailable as problem:
+                    log.warning("outbox paused, store unavailable: %s", problem)
+                    stop.wait(poll_interval * 5)
+                    continue
+                if not self._full_batch():
+                    stop.wait(poll_interval)
+
+        thread = threading.Thread(target=loop, name="creditwatch-outbox", daemon=True)
+        thread.start()
+        return thread

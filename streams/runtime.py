@@ -1,0 +1,174 @@
+"""What a worker runs besides faust: engine, store, outbox, clock ticks, model checkpoints.
+
+Kept apart from the faust wiring (``streams.app``) so that the framework-free
+benchmark loop and tests can drive exactly the same steps.
+
+Order of the steps for a batch, and why:
+
+1. ``BatchProcessor.process`` — ledger, models, detectors, alert episodes.
+2. ``persist`` — alerts, their outbox rows, positions and risk snapshots are
+   committed to the store in one transaction. If the store is down the batch
+   waits here (retrying) and nothing after it happens, so no offset can be
+   committed past an alert that is not stored.
+3. The caller writes the customers' records to the Table and waits for the
+   broker to confirm them, then lets faust acknowledge the batch.
+
+A crash between 2 and 3 replays the batch: the engine recomputes the same
+alert ids and revisions and the store ignores what it already has, so an
+alert is stored once and notified once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Iterable, Mapping
+
+from detectors.config import Thresholds
+from pipeline.alerts import AlertUpdate
+from pipeline.clock import Clock, SystemClock
+from pipeline.config import Settings
+from pipeline.engine import CustomerRecord, RiskEngine
+from pipeline.ledger import position
+
+log = logging.getLogger("creditwatch.worker")
+
+
+def build_models(thresholds: Thresholds, settings: Settings) -> Any:
+    from pipeline.models import OnlineModels
+
+    return OnlineModels.from_options(thresholds.models, settings.ledger)
+
+
+def notify_sinks(settings: Settings) -> dict[str, Any]:
+    """The sinks the outbox delivers to: Slack when a token is configured, the console otherwise; Kafka always."""
+    from sinks.base import ConsoleSink
+    from sinks.kafka import KafkaAlertSink
+
+    sinks: dict[str, Any] = {"kafka": KafkaAlertSink(settings.bootstrap_servers, settings.topic("alerts"))}
+    if settings.slack_bot_token:
+        from sinks.slack import SlackSink
+
+        sinks["slack"] = SlackSink.from_settings(settings)
+    else:
+        sinks["console"] = ConsoleSink()
+    return sinks
+
+
+@dataclass
+class WakeSchedule:
+    """When each customer next needs a clock tick; a heap, not a scan of all customers."""
+
+    heap: list[tuple[date, str]] = field(default_factory=list)
+    due: dict[str, date] = field(default_factory=dict)
+
+    def set(self, customer_id: str, day: date | None) -> None:
+        if day is None:
+            self.due.pop(customer_id, None)
+        elif self.due.get(customer_id) != day:
+            self.due[customer_id] = day
+            heapq.heappush(self.heap, (day, customer_id))
+
+    def pop_due(self, today: date) -> list[str]:
+        ready = []
+        while self.heap and self.heap[0][0] <= today:
+            day, customer_id = heapq.heappop(self.heap)
+            if self.due.get(customer_id) == day:
+                del self.due[customer_id]
+                ready.append(customer_id)
+        return ready
+
+    def clear(self) -> None:
+        self.heap.clear()
+        self.due.clear()
+
+    def __len__(self) -> int:
+        return len(self.due)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, thresholds: Thresholds, store: Any, sinks: Mapping[str, Any],
+                 clock: Clock | None = None, models: Any = None, threshold_version: int | None = None):
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.models = models if models is not None else build_models(thresholds, settings)
+        self.engine = RiskEngine(thresholds, settings.ledger, self.models, threshold_version)
+        self.store = store
+        self.sinks = dict(sinks)
+        self.wake = WakeSchedule()
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.store_outage = False
+
+    # --- persisting --------------------------------------------------------------
+
+    def _store_payload(self, records: Mapping[str, CustomerRecord], now: datetime) -> tuple[dict, list]:
+        from sinks.store import RiskSnapshot
+
+        today = now.date()
+        positions: dict[str, Any] = {}
+        snapshots: list[Any] = []
+        for customer_id, record in records.items():
+            pos = position(record.ledger, today, self.settings.ledger).to_json()
+            pos["risk_score"] = self._risk_score(record)
+            positions[customer_id] = pos
+            day = today.isoformat()
+            if record.risk.memory.get("_snapshot", {}).get("on") != day:
+                # One risk snapshot per customer per day keeps the charts' table small.
+                record.risk.memory["_snapshot"] = {"on": day}
+                snapshots.append(RiskSnapshot.from_position(
+                    pos, now, risk_score=pos["risk_score"],
+                    open_alerts=len(record.risk.book.open_alerts()),
+                ))
+        return positions, snapshots
+
+    def _risk_score(self, record: CustomerRecord) -> float | None:
+        current = getattr(self.models, "current_risk", None)
+        if current is not None:
+            return current(record)
+        risk = record.risk.models.get("r")  # OnlineModels keeps [risk, previous risk] here
+        return risk[0] if risk else None
+
+    async def persist(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime) -> None:
+        """Commit the batch's alerts (with their outbox rows), positions and snapshots; wait out outages."""
+        from sinks.store import StoreUnavailable
+
+        positions, snapshots = self._store_payload(records, now)
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.store.record, updates, list(self.sinks), positions, snapshots)
+            except StoreUnavailable as problem:
+                if not self.store_outage:
+                    log.error("alert store unavailable, holding the batch until it is back: %s", problem)
+                    self.store_outage = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if self.store_outage:
+                log.warning("alert store is back; batch stored")
+                self.store_outage = False
+            return
+
+    # --- clock ticks -----------------------------------------------------------------
+
+    def schedule(self, records: Iterable[CustomerRecord], today: date) -> None:
+        for record in records:
+            self.wake.set(record.customer_id, self.engine.next_wake(record, today))
+
+    def tick(self, load: Any, now: datetime) -> tuple[dict[str, CustomerRecord], list[AlertUpdate]]:
+        """Run the engine's tick for every customer whose wake-up day has come."""
+        today = now.date()
+        touched: dict[str, CustomerRecord] = {}
+        updates: list[AlertUpdate] = []
+        for customer_id in self.wake.pop_due(today):
+            record = load(customer_id)
+            if record is None:
+                continue
+            updates.extend(self.engine.on_tick(record, now))
+            touched[customer_id] = record
+        self.schedule(touched.values(), today)
+        return touched, updates
