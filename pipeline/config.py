@@ -78,8 +78,14 @@ class Settings:
     batch_wait_s: float = 0.02
     #: How often a worker checks whether the clock reached a customer's wake-up day.
     tick_interval_s: float = 30.0
+    #: Port of the worker's /healthz, /readyz and /metrics (0: none).
+    health_port: int = 0
     slack_channel: str = ""
     slack_bot_token: str = field(default="", repr=False)
+    #: Slack Web API base URL (Enterprise Grid proxies; the tests' local stand-in).
+    slack_base_url: str = ""
+    #: Link target of an alert in messages, with {alert_id}; defaults to the web app on this host.
+    review_url: str = "http://127.0.0.1:8000/alerts/{alert_id}"
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -157,8 +163,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_max=_int(env, "CREDITWATCH_BATCH_MAX", 1000, 1, 100_000),
         batch_wait_s=_int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000) / 1000,
         tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
+        health_port=_int(env, "CREDITWATCH_HEALTH_PORT", 0, 0, 65535),
         slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
+        slack_base_url=env.get("CREDITWATCH_SLACK_BASE_URL", ""),
+        review_url=env.get("CREDITWATCH_REVIEW_URL", "http://127.0.0.1:8000/alerts/{alert_id}"),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

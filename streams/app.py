@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import faust
@@ -33,6 +34,7 @@ from aiokafka.partitioner import murmur2
 from pipeline.config import Settings
 from streams import transport
 from streams.processor import BatchProcessor, BatchResult, Record, StateCache, encode_state
+from streams.observability import WorkerMetrics
 from streams.runtime import WorkerRuntime
 
 log = logging.getLogger("creditwatch.worker")
@@ -78,7 +80,8 @@ class CustomerTable(faust.Table):
 
 
 def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float = 30.0,
-              checkpoint_interval_s: float = 60.0) -> faust.App:
+              checkpoint_interval_s: float = 60.0, metrics: WorkerMetrics | None = None) -> faust.App:
+    metrics = metrics or WorkerMetrics()
     transport.FETCH_MAX_WAIT_MS = settings.fetch_max_wait_ms
     session = settings.session_timeout_s
     app = faust.App(
@@ -143,22 +146,31 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         confirmations = table.unconfirmed
         table.unconfirmed = []
         for letter in letters:
-            log.warning("dead-lettered %s[%d]@%d: %s", letter.record.topic, letter.record.partition,
-                        letter.record.offset, letter.reason)
+            log.warning("dead-lettered: %s", letter.reason, extra={
+                "topic": letter.record.topic, "partition": letter.record.partition, "offset": letter.record.offset})
             confirmations.append(await deadletter.send(key=letter.record.key, value=letter.record.value or b"",
                                                        headers=letter.headers()))
         if confirmations:
             await asyncio.gather(*confirmations)
 
+    processed_to: dict[tuple[str, int], int] = {}
+
     async def handle_batch(events: list[Any]) -> None:
         records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                    for e in events]
         async with runtime.lock:
+            started = time.time()
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
             await runtime.persist(result.updates, result.states, now)
             await write(result.states, result.partitions, result.dead_letters)
             runtime.schedule(result.states.values(), now.date())
+            for update in result.updates:
+                log.info("alert %s %s", update.change, update.alert["title"],
+                         extra={"customer_id": update.alert["customer_id"], "alert_id": update.alert_id})
+            metrics.observe_batch(result, records, started, time.time(), [e.message.timestamp for e in events])
+            for record in records:
+                processed_to[(record.topic, record.partition)] = record.offset + 1
 
     @app.agent(source, concurrency=1)
     async def process(stream: faust.StreamT) -> None:
@@ -194,6 +206,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                     await rebuild_wake_schedule()
                 now = runtime.clock.now()
                 touched, updates = runtime.tick(cache.get, now)
+                metrics.ticks.inc(len(touched))
                 if touched:
                     await runtime.persist(updates, touched, now)
                     await write(touched, {}, [])
@@ -218,14 +231,37 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         from sinks.outbox import OutboxDeliverer
 
         deliverer = OutboxDeliverer(runtime.store, runtime.sinks, runtime.clock)
+        runtime.deliverer = deliverer
         await deliverer.run_forever(runtime.stopping, poll_interval=0.5)
+
+    @app.timer(5.0)
+    async def refresh_gauges() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic in settings.input_topics:
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    done = processed_to.get((tp.topic, tp.partition), 0)
+                    metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - done, 0))
+        model_metrics = getattr(runtime.models, "metrics", None)
+        if model_metrics is not None:
+            auc = model_metrics().get("roc_auc")
+            if isinstance(auc, (int, float)):
+                metrics.model_auc.set(auc)
+        try:
+            counts = await asyncio.to_thread(runtime.store.delivery_counts)
+        except Exception:  # noqa: BLE001 - the store's outage is reported by the batch path
+            return
+        for status, count in counts.items():
+            metrics.deliveries.labels(status).set(count)
 
     @app.task
     async def announce_ready(app: faust.App) -> None:
         await app.tables.recovery.completed.wait()
+        metrics.ready = True
         print(f"creditwatch worker ready (group {settings.consumer_group}, {settings.partitions} partitions)",
               file=sys.stderr, flush=True)
 
+    app.creditwatch_metrics = metrics  # type: ignore[attr-defined]
     app.creditwatch_table = table  # type: ignore[attr-defined]
     app.creditwatch_cache = cache  # type: ignore[attr-defined]
     app.creditwatch_save_checkpoint = save_checkpoint  # type: ignore[attr-defined]

@@ -101,6 +101,7 @@ class WorkerRuntime:
         self.wake = WakeSchedule()
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
+        self.deliverer: Any = None
         self.store_outage = False
 
     # --- persisting --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""faust's aiokafka transport with the two changes creditwatch needs.
+"""faust's aiokafka transport with the three changes creditwatch needs.
 
 1. ``fetch_max_wait_ms`` is configurable. faust hard-codes 1500 ms; the
    embedded broker answers a fetch with no new data only at that deadline, so
@@ -12,6 +12,19 @@
    updates of the last batch. The high watermark in a Fetch response is right
    on Tansu and is the same figure ListOffsets gives on Apache Kafka, so this
    is exact on both.
+
+3. Stream partitions are not delivered while they are being seeked to their
+   committed offsets. After table recovery faust resumes the stream
+   partitions, then awaits ``perform_seek()`` with the flow still running
+   from the changelog phase, then resumes its flow control, which clears the
+   stream queues. Records fetched during the seek were put in those queues
+   and dropped; faust's read offset had moved past them, so the re-fetch
+   from the committed offset skipped them, and the offset gap they left was
+   counted as acknowledged and committed. A worker restarted after SIGKILL
+   lost a few events per partition this way (``tests/test_worker.py``).
+   Stopping the consumer flow before the seek ends the pre-seek fetch
+   iterator; every caller of ``perform_seek`` resumes the flow afterwards,
+   and reading restarts from the committed offsets.
 
 The transport is registered under the URL scheme ``creditwatch-kafka://``.
 """
@@ -84,6 +97,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        # See (3) above. Callers: Recovery.on_recovery_completed and
+        # Recovery._resume_streams (both call resume_flow() right after), and
+        # Consumer.getmany when the flow is already stopped.
+        self.stop_flow()
+        await super().perform_seek()
 
 
 class Transport(faust_aiokafka.Transport):

@@ -49,7 +49,7 @@ KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 #: Settings the manifests pass that the code does not read *yet*. Each entry
 #: is a promise to someone: remove it once the code reads the variable.
 #: CREDITWATCH_HEALTH_PORT: the worker's /healthz and /readyz endpoint.
-PLANNED_SETTINGS = {"CREDITWATCH_HEALTH_PORT"}
+PLANNED_SETTINGS: set[str] = set()
 
 #: Values that mark a secret as a placeholder rather than a real one.
 PLACEHOLDER = re.compile(r"REPLACE_ME|change-me", re.IGNORECASE)

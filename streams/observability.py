@@ -1,0 +1,115 @@
+"""Worker metrics (Prometheus), health and readiness, and key=value logs.
+
+``CREDITWATCH_HEALTH_PORT`` makes a worker serve, on 0.0.0.0:PORT:
+
+* ``/healthz`` — 200 while the process and its event loop are alive
+  (including while the table is being rebuilt from its changelog);
+* ``/readyz``  — 200 once table recovery is complete and it is consuming, 503 before;
+* ``/metrics`` — Prometheus text format.
+
+Metrics live in their own registry, so several workers in one test process
+do not collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("creditwatch_events_processed_total", "Events applied, by topic and event type",
+                              ["topic", "type"], registry=r)
+        self.duplicates = Counter("creditwatch_events_duplicate_total", "Redelivered events skipped", registry=r)
+        self.dead_letters = Counter("creditwatch_events_dead_lettered_total", "Messages sent to the dead-letter topic",
+                                    ["topic"], registry=r)
+        self.latency = Histogram(
+            "creditwatch_event_to_stored_seconds",
+            "From the broker's timestamp of an event to its batch being stored and confirmed",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
+        self.batch_seconds = Histogram("creditwatch_batch_seconds", "Time to process one batch",
+                                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.lag = Gauge("creditwatch_consumer_lag", "Messages behind the end of each input partition",
+                         ["topic", "partition"], registry=r)
+        self.alerts = Counter("creditwatch_alerts_total", "Alert updates, by detector, severity and change",
+                              ["detector", "severity", "change"], registry=r)
+        self.deliveries = Gauge("creditwatch_deliveries", "Outbox deliveries by status", ["status"], registry=r)
+        self.deliveries_failed = Counter("creditwatch_deliveries_failed_total",
+                                         "Delivery attempts that failed and will be retried or gave up", registry=r)
+        self.deliveries_done = Counter("creditwatch_deliveries_delivered_total", "Deliveries made", registry=r)
+        self.model_auc = Gauge("creditwatch_model_roc_auc",
+                               "Late-payment model ROC AUC under progressive validation", registry=r)
+        self.ticks = Counter("creditwatch_clock_ticks_total", "Customers woken by the clock", registry=r)
+        self.ready = False
+        self.started = time.time()
+
+    def observe_batch(self, result: Any, records: list[Any], started: float, now_epoch: float,
+                      timestamps: list[float]) -> None:
+        for event in result.applied:
+            self.events.labels(event.topic_kind, event.type).inc()
+        if result.duplicates:
+            self.duplicates.inc(result.duplicates)
+        for letter in result.dead_letters:
+            self.dead_letters.labels(letter.record.topic).inc()
+        for update in result.updates:
+            alert = update.alert
+            self.alerts.labels(alert["detector"], alert["severity"], update.change).inc()
+        for stamp in timestamps:
+            if stamp:
+                self.latency.observe(max(now_epoch - stamp, 0.0))
+        self.batch_seconds.observe(now_epoch - started)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve_health(metrics: WorkerMetrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/healthz":
+                self._answer(200, b"ok\n", "text/plain")
+            elif self.path == "/readyz":
+                if metrics.ready:
+                    self._answer(200, b"ready\n", "text/plain")
+                else:
+                    self._answer(503, b"recovering\n", "text/plain")
+            elif self.path == "/metrics":
+                self._answer(200, metrics.render(), CONTENT_TYPE_LATEST)
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # probes every few seconds are not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="creditwatch-health", daemon=True).start()
+    return server
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``… message customer_id=C1 event_id=e9`` for the context fields a record carries."""
+
+    FIELDS = ("customer_id", "event_id", "alert_id", "topic", "partition", "offset")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [f"{name}={getattr(record, name)}" for name in self.FIELDS if hasattr(record, name)]
+        return f"{text} {' '.join(extras)}" if extras else text
