@@ -70,16 +70,31 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def _one_line(source: str, section: str, error: Any) -> str:
+def allowed_range(cls: type[BaseModel], option: str) -> str | None:
+    """``0.1 to 5.0`` from a field's ge/le (or gt/lt) constraints."""
+    field = cls.model_fields.get(option)
+    if field is None:
+        return None
+    low = high = None
+    for item in field.metadata:
+        low = getattr(item, "ge", None) if getattr(item, "ge", None) is not None else low
+        high = getattr(item, "le", None) if getattr(item, "le", None) is not None else high
+    if low is None and high is None:
+        return None
+    return f"{low if low is not None else '…'} to {high if high is not None else '…'}"
+
+
+def _one_line(source: str, section: str, error: Any, cls: type[BaseModel] | None = None) -> str:
     location = ".".join(str(part) for part in error["loc"])
     key = f"{section}.{location}" if location else section
     if error["type"] == "extra_forbidden":
         return f"{source}: {key} is not an option of [{section}]"
     message = error["msg"]
     context = error.get("ctx") or {}
-    bounds = [f"{name.replace('_', ' ')} {value}" for name, value in context.items() if name in ("ge", "le", "gt", "lt")]
-    if bounds:
-        message = f"{error.get('input')!r} is out of range ({', '.join(bounds)})"
+    if any(name in context for name in ("ge", "le", "gt", "lt")):
+        allowed = allowed_range(cls, location) if cls is not None else None
+        bounds = allowed or ", ".join(f"{n} {v}" for n, v in context.items() if n in ("ge", "le", "gt", "lt"))
+        message = f"{error.get('input')!r} is out of range (allowed: {bounds})"
     return f"{source}: {key}: {message}"
 
 
@@ -99,7 +114,7 @@ def parse_thresholds(data: Mapping[str, Any], source: str = "thresholds") -> Thr
         try:
             options = cls.model_validate(dict(values))
         except ValidationError as problem:
-            raise ThresholdError(_one_line(source, section, problem.errors(include_url=False)[0])) from None
+            raise ThresholdError(_one_line(source, section, problem.errors(include_url=False)[0], cls)) from None
         if section == "models":
             models = options  # type: ignore[assignment]
         else:

@@ -44,6 +44,39 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _iso_date(text: str):  # -> datetime.date
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="creditwatch", description="Credit-risk early warning on a streaming receivables ledger.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -79,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--no-models", action="store_true", help="rules only")
     backtest.set_defaults(handler=_cmd_backtest)
 
+    simulate = commands.add_parser("simulate", help="generate a realistic simulated portfolio as JSONL events")
+    simulate.add_argument("--customers", type=_positive_int, default=200, metavar="N", help="customers (default: 200)")
+    simulate.add_argument("--days", type=_positive_int, default=365, metavar="D", help="days of history (default: 365)")
+    simulate.add_argument("--seed", type=_whole_number, default=42, metavar="S",
+                          help="random seed; the same seed gives the same bytes (default: 42)")
+    simulate.add_argument("--start", type=_iso_date, default=None, metavar="YYYY-MM-DD",
+                          help="first day (default: 2025-01-01)")
+    simulate.add_argument("--default-share", type=_share, default=0.05, metavar="F",
+                          help="share of customers that deteriorate and are written off (default: 0.05)")
+    simulate_target = simulate.add_mutually_exclusive_group()
+    simulate_target.add_argument("--out", type=Path, default=None, metavar="FILE", help="write to FILE (default: stdout)")
+    simulate_target.add_argument("--to-broker", action="store_true",
+                                 help="publish to the input topics at CREDITWATCH_BROKER_URL instead")
+    simulate.set_defaults(handler=_cmd_simulate)
+
     customer = commands.add_parser("customer", help="customer commands")
     customer_commands = customer.add_subparsers(dest="customer_command", metavar="ACTION", parser_class=_Parser)
     customer_commands.required = True
@@ -88,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--as-of", default=None, help="day to age at, YYYY-MM-DD (default: today)")
     show.set_defaults(handler=_cmd_customer_show)
     _add_store_commands(commands)
+    _add_threshold_commands(commands)
+    _add_web_commands(commands)
     return parser
 
 
@@ -180,6 +230,45 @@ def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.report import format_backtest
 
     print(format_backtest(result))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pipeline.simulate import DEFAULT_START, publish, simulate_lines
+
+    started = time.perf_counter()
+    start = args.start or DEFAULT_START
+    lines = simulate_lines(args.customers, args.days, args.seed, start=start, default_share=args.default_share)
+    written_off = round(args.customers * args.default_share)
+    what = f"{args.customers} customers, {args.days} days from {start}, {written_off} written off"
+    if args.to_broker:
+        from streams.ingest import BrokerUnavailable
+
+        try:
+            report = publish(lines, settings)
+        except BrokerUnavailable as problem:
+            raise UserError(str(problem)) from None
+        print(f"simulated {what}; {report.summary()} in {time.perf_counter() - started:.1f} s")
+        return 0 if not report.skipped else 1
+    if args.out is None:
+        try:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `creditwatch simulate | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    count = 0
+    try:
+        with args.out.open("w", encoding="utf-8") as out:
+            for line in lines:
+                out.write(line + "\n")
+                count += 1
+    except OSError as problem:
+        raise UserError(f"cannot write {args.out}: {problem.strerror}") from None
+    print(f"wrote {count:,} events ({what}) to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -397,6 +486,194 @@ def _cmd_alerts_assign(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(f"{args.alert_id}: assigned to {alert['assignee'] or 'nobody'} (by {by})")  # type: ignore[index]
+    return 0
+
+
+# --- the web app: `serve`, `users …` ----------------------------------------------
+
+
+def _add_web_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve the web app (alert inbox, customers, portfolio)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    users = commands.add_parser("users", help="web app users")
+    user_commands = users.add_subparsers(dest="users_command", metavar="ACTION", parser_class=_Parser)
+    user_commands.required = True
+    add = user_commands.add_parser("add", help="add a user (asks for the password unless --password is given)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", required=True, choices=("viewer", "controller", "ops", "admin"),
+                     help="viewer reads; ops and controller work alerts; controller and admin approve limits")
+    add.add_argument("--password", default=None, help="the password (default: ask, without echo)")
+    add.set_defaults(handler=_cmd_users_add)
+    listing = user_commands.add_parser("list", help="list users and their roles")
+    listing.set_defaults(handler=_cmd_users_list)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.web.app import load_web_settings, run_server
+    from sinks.store import safe_url
+
+    web = load_web_settings()
+    _alert_store(settings).close()  # the schema must be current: one line if not
+    print(f"creditwatch web app on http://{args.host}:{args.port} (store {safe_url(settings.resolved_database_url)})",
+          flush=True)
+    try:
+        run_server(settings, args.host, args.port, web_settings=web)
+    except OSError as problem:
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {problem.strerror or problem}") from None
+    return 0
+
+
+def _read_new_password() -> str:
+    import getpass
+
+    if not sys.stdin.isatty():  # scripted: the first line of stdin
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat the password: ") != first:
+        raise UserError("the passwords differ")
+    return first
+
+
+def _cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.web.auth import check_new_user, hash_password
+
+    password = args.password if args.password is not None else _read_new_password()
+    try:
+        check_new_user(args.name, args.role, password)
+    except ValueError as problem:
+        raise UserError(str(problem)) from None
+    store = _alert_store(settings)
+    try:
+        try:
+            _store_call(lambda: store.add_user(args.name, hash_password(password), args.role))
+        except ValueError as problem:
+            raise UserError(str(problem)) from None
+    finally:
+        store.close()
+    print(f"added user {args.name} ({args.role})")
+    return 0
+
+
+def _cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = _alert_store(settings)
+    try:
+        users = _store_call(store.list_users)
+    finally:
+        store.close()
+    for user in users:  # type: ignore[union-attr]
+        print(f"{user['name']:<24} {user['role']:<11} since {user['created_at'][:10]}")
+    if not users:
+        print("no users")
+    return 0
+
+
+def _add_threshold_commands(commands: argparse._SubParsersAction) -> None:
+    thresholds = commands.add_parser("thresholds", help="detection thresholds: versions with an audit trail")
+    actions = thresholds.add_subparsers(dest="thresholds_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    show = actions.add_parser("show", help="the thresholds in force and their version")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_cmd_thresholds_show)
+    change = actions.add_parser("set", help="change one option; workers apply it within seconds")
+    change.add_argument("key", metavar="DETECTOR.OPTION")
+    change.add_argument("value", metavar="VALUE")
+    change.add_argument("--reason", required=True, help="why (required, kept in the history)")
+    change.add_argument("--by", default=None, help="who (default: $USER)")
+    change.set_defaults(handler=_cmd_thresholds_set)
+    hist = actions.add_parser("history", help="every change: who, when, old → new, why")
+    hist.add_argument("--json", action="store_true")
+    hist.add_argument("--limit", type=int, default=50)
+    hist.set_defaults(handler=_cmd_thresholds_history)
+    export = actions.add_parser("export", help="print the thresholds in force as a file --config accepts")
+    export.set_defaults(handler=_cmd_thresholds_export)
+    load = actions.add_parser("load", help="make a thresholds file the version in force")
+    load.add_argument("file", type=_existing_file, metavar="FILE.toml")
+    load.add_argument("--reason", required=True)
+    load.add_argument("--by", default=None)
+    load.set_defaults(handler=_cmd_thresholds_load)
+
+
+def _threshold_store(settings: Settings):  # noqa: ANN202 - lazily imported type
+    from sinks.store import AlertStore, SchemaOutdated, StoreUnavailable, check_schema_current
+
+    url = settings.resolved_database_url
+    try:
+        check_schema_current(url)
+    except (SchemaOutdated, StoreUnavailable) as problem:
+        raise UserError(str(problem)) from None
+    return AlertStore(url)
+
+
+def _cmd_thresholds_show(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.tuning import current
+
+    version = current(_threshold_store(settings))
+    if args.json:
+        import tomllib
+
+        print(json.dumps({"version": version.number, "thresholds": tomllib.loads(version.thresholds.to_toml())}))
+    else:
+        print(f"# version {version.number if version.number is not None else '— (built-in defaults)'}")
+        print(version.thresholds.to_toml(), end="")
+    return 0
+
+
+def _cmd_thresholds_export(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.tuning import current
+
+    version = current(_threshold_store(settings))
+    print(f"# creditwatch thresholds, version {version.number or 'defaults'}")
+    print(version.thresholds.to_toml(), end="")
+    return 0
+
+
+def _cmd_thresholds_set(args: argparse.Namespace, settings: Settings) -> int:
+    from detectors.config import ThresholdError
+    from pipeline.tuning import change
+    from sinks.store import default_user
+
+    try:
+        version, changes = change(_threshold_store(settings), args.key, args.value, args.by or default_user(), args.reason)
+    except ThresholdError as problem:
+        raise UserError(str(problem)) from None
+    if not changes:
+        print(f"unchanged: {args.key} already has that value (version {version})")
+    for key, old, new in changes:
+        print(f"version {version}: {key}: {old!r} → {new!r}")
+    return 0
+
+
+def _cmd_thresholds_load(args: argparse.Namespace, settings: Settings) -> int:
+    from detectors.config import ThresholdError, load_thresholds
+    from pipeline.tuning import current, diff, record_file
+    from sinks.store import default_user
+
+    try:
+        thresholds = load_thresholds(args.file)
+    except ThresholdError as problem:
+        raise UserError(str(problem)) from None
+    store = _threshold_store(settings)
+    before = current(store)
+    version = record_file(store, thresholds, args.by or default_user(), args.reason)
+    for key, old, new in diff(before.thresholds, thresholds):
+        print(f"version {version}: {key}: {old!r} → {new!r}")
+    return 0
+
+
+def _cmd_thresholds_history(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.tuning import history
+
+    entries = history(_threshold_store(settings), limit=args.limit)
+    if args.json:
+        print(json.dumps(entries, default=str))
+        return 0
+    for entry in entries:
+        print(f"version {entry['version']}  {entry['changed_at']}  by {entry['changed_by']}: {entry['reason'] or ''}")
+        for item in entry["changes"]:
+            print(f"    {item['key']}: {item['old']!r} → {item['new']!r}")
     return 0
 
 

@@ -78,6 +78,8 @@ class Settings:
     batch_wait_s: float = 0.02
     #: How often a worker checks whether the clock reached a customer's wake-up day.
     tick_interval_s: float = 30.0
+    #: How often a worker looks for a new thresholds version in the store.
+    threshold_poll_s: float = 2.0
     #: Port of the worker's /healthz, /readyz and /metrics (0: none).
     health_port: int = 0
     slack_channel: str = ""
@@ -164,6 +166,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_wait_s=_int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000) / 1000,
         tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
         health_port=_int(env, "CREDITWATCH_HEALTH_PORT", 0, 0, 65535),
+        threshold_poll_s=_int(env, "CREDITWATCH_THRESHOLD_POLL_MS", 2000, 100, 60_000) / 1000,
         slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
         slack_base_url=env.get("CREDITWATCH_SLACK_BASE_URL", ""),

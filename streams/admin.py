@@ -41,11 +41,13 @@ class TopicLayoutError(RuntimeError):
 
 
 def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="creditwatch-admin",
-        request_timeout_ms=max(1000, int(timeout * 1000)),
-    )
+    limits = {"request_timeout_ms": max(1000, int(timeout * 1000))}
+    # kafka-python 3 bootstraps in the constructor for up to bootstrap_timeout_ms
+    # (30 s by default), which would make an unreachable broker cost 30 s
+    # whatever ``timeout`` says. Older releases do not know the option.
+    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:
+        limits["bootstrap_timeout_ms"] = limits["request_timeout_ms"]
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="creditwatch-admin", **limits)
 
 
 def _describe(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str, int | None]:

@@ -215,6 +215,20 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             logging.shutdown()
             os._exit(70)
 
+    @app.timer(settings.threshold_poll_s)
+    async def follow_threshold_changes() -> None:
+        from pipeline.tuning import current
+
+        try:
+            version = await asyncio.to_thread(current, runtime.store)
+        except Exception:  # noqa: BLE001 - an outage is reported by the batch path; try again next time
+            return
+        if version.number is not None and version.number != runtime.threshold_version:
+            async with runtime.lock:
+                runtime.reconfigure(version.thresholds, version.number)
+                processor.engine = runtime.engine
+            log.warning("thresholds version %s in force", version.number)
+
     async def save_checkpoint() -> None:
         snapshot = getattr(runtime.models, "snapshot", None)
         if snapshot is not None:

@@ -93,6 +93,7 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, thresholds: Thresholds, store: Any, sinks: Mapping[str, Any],
                  clock: Clock | None = None, models: Any = None, threshold_version: int | None = None):
         self.settings = settings
+        self.threshold_version = threshold_version
         self.clock = clock or SystemClock()
         self.models = models if models is not None else build_models(thresholds, settings)
         self.engine = RiskEngine(thresholds, settings.ledger, self.models, threshold_version)
@@ -103,6 +104,11 @@ class WorkerRuntime:
         self.stopping = asyncio.Event()
         self.deliverer: Any = None
         self.store_outage = False
+
+    def reconfigure(self, thresholds: Thresholds, version: int | None) -> None:
+        """Swap in new thresholds; customers' episodes and the models carry on."""
+        self.engine = RiskEngine(thresholds, self.settings.ledger, self.models, version)
+        self.threshold_version = version
 
     # --- persisting --------------------------------------------------------------
 

@@ -86,21 +86,30 @@ def load_model_checkpoint(settings: Settings) -> bytes | None:
 
 
 def open_runtime(settings: Settings, thresholds_path: Path | None = None) -> "WorkerRuntime":
-    """Everything the worker needs besides faust; raises WorkerStartError with one line."""
+    """Everything the worker needs besides faust; raises WorkerStartError with one line.
+
+    The thresholds in force are the store's latest version; ``--config FILE``
+    first records that file as a version (if it differs), so the store stays
+    the one place that says which thresholds raised which alert.
+    """
     from detectors.config import ThresholdError, load_thresholds
+    from pipeline.tuning import current, record_file
     from sinks.store import AlertStore, SchemaOutdated, StoreUnavailable, check_schema_current
     from streams.runtime import WorkerRuntime, notify_sinks
 
-    try:
-        thresholds = load_thresholds(thresholds_path)
-    except ThresholdError as problem:
-        raise WorkerStartError(str(problem)) from None
     url = settings.resolved_database_url
     try:
         check_schema_current(url)
+        store = AlertStore(url)
+        if thresholds_path is not None:
+            record_file(store, load_thresholds(thresholds_path), "worker", f"loaded at worker start from {thresholds_path}")
+        version = current(store)
+    except ThresholdError as problem:
+        raise WorkerStartError(str(problem)) from None
     except (SchemaOutdated, StoreUnavailable) as problem:
         raise WorkerStartError(str(problem)) from None
-    runtime = WorkerRuntime(settings, thresholds, AlertStore(url), notify_sinks(settings))
+    runtime = WorkerRuntime(settings, version.thresholds, store, notify_sinks(settings),
+                            threshold_version=version.number)
     checkpoint = load_model_checkpoint(settings)
     restore = getattr(runtime.models, "restore", None)
     if checkpoint and restore is not None:
