@@ -37,6 +37,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -49,13 +59,6 @@ def _whole_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _iso_date(text: str):  # -> datetime.date
@@ -84,8 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole system on one machine with embedded defaults")
     demo.add_argument("--port", type=_port, default=None, help="broker port (default: a free one)")
-    demo.add_argument("--events", type=_existing_file, default=None, help="JSONL events to ingest (default: the bundled examples)")
-    demo.add_argument("--once", action="store_true", help="print the positions and stop instead of running on")
+    demo.add_argument("--web-port", type=_port, default=8000, help="web app port (default 8000, or a free one)")
+    demo.add_argument("--events", type=_existing_file, default=None,
+                      help="publish this JSONL file instead of the simulated portfolio")
+    demo.add_argument("--customers", type=_positive_int, default=60, help="simulated customers (default 60)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--speed", type=_positive_int, default=3600,
+                      help="simulated seconds per real second after the history (default 3600: a day in 24 s)")
+    demo.add_argument("--history-days", type=_positive_int, default=150, help="days of history published at once")
+    demo.add_argument("--run-for", type=_positive_int, default=None, help="stop after this many seconds")
+    demo.add_argument("--once", action="store_true", help="stop as soon as the first alerts are stored")
     demo.set_defaults(handler=_cmd_demo)
 
     broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker on 127.0.0.1")
@@ -297,7 +308,9 @@ def _cmd_customer_show(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, port=args.port, events_file=args.events, once=args.once)
+    return run_demo(settings, port=args.port, events_file=args.events, once=args.once, web_port=args.web_port,
+                    customers=args.customers, seed=args.seed, speed=args.speed, history_days=args.history_days,
+                    run_for=args.run_for)
 
 
 # --- the SQL store: `db upgrade`, `alerts …` ------------------------------------

@@ -46,3 +46,29 @@ class EventTimeClock:
     def observe(self, occurred_at: datetime) -> None:
         if occurred_at > self._now:
             self._now = occurred_at
+
+
+class AcceleratedClock:
+    """Wall time run ``speed`` times as fast from ``anchor`` (the demo: a day in 24 s at 3600×).
+
+    ``now() = anchor + (wall now - anchor) × speed``; two processes given the
+    same anchor and speed agree on the time, so the demo's simulator and its
+    worker share one accelerated "now".
+    """
+
+    def __init__(self, anchor: datetime, speed: float, wall: Clock | None = None):
+        if speed <= 0:
+            raise ValueError(f"clock speed must be greater than 0, got {speed}")
+        self.anchor = anchor
+        self.speed = speed
+        self.wall = wall or SystemClock()
+
+    def now(self) -> datetime:
+        return self.anchor + (self.wall.now() - self.anchor) * self.speed
+
+
+def clock_from_settings(speed: float, anchor: str) -> Clock:
+    if speed == 1.0 and not anchor:
+        return SystemClock()
+    start = datetime.fromisoformat(anchor) if anchor else datetime.now(timezone.utc)
+    return AcceleratedClock(start, speed)

@@ -78,6 +78,9 @@ class Settings:
     batch_wait_s: float = 0.02
     #: How often a worker checks whether the clock reached a customer's wake-up day.
     tick_interval_s: float = 30.0
+    #: An accelerated clock for demos: speed × wall time from the anchor (ISO time). 1 and "" = real time.
+    clock_speed: float = 1.0
+    clock_anchor: str = ""
     #: How often a worker looks for a new thresholds version in the store.
     threshold_poll_s: float = 2.0
     #: Port of the worker's /healthz, /readyz and /metrics (0: none).
@@ -139,6 +142,19 @@ def _fx_rates(raw: str) -> dict[str, Decimal]:
     return rates
 
 
+def _anchor(raw: str) -> str:
+    if raw:
+        from datetime import datetime
+
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ConfigError(f"CREDITWATCH_CLOCK_ANCHOR={raw!r} is not an ISO timestamp") from None
+        if parsed.tzinfo is None:
+            raise ConfigError(f"CREDITWATCH_CLOCK_ANCHOR={raw!r} needs a UTC offset")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
@@ -167,6 +183,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
         health_port=_int(env, "CREDITWATCH_HEALTH_PORT", 0, 0, 65535),
         threshold_poll_s=_int(env, "CREDITWATCH_THRESHOLD_POLL_MS", 2000, 100, 60_000) / 1000,
+        clock_speed=_int(env, "CREDITWATCH_CLOCK_SPEED", 1, 1, 1_000_000),
+        clock_anchor=_anchor(env.get("CREDITWATCH_CLOCK_ANCHOR", "")),
         slack_channel=env.get("CREDITWATCH_SLACK_CHANNEL", ""),
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
         slack_base_url=env.get("CREDITWATCH_SLACK_BASE_URL", ""),

@@ -244,7 +244,10 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     async def deliver_alerts(app: faust.App) -> None:
         from sinks.outbox import OutboxDeliverer
 
-        deliverer = OutboxDeliverer(runtime.store, runtime.sinks, runtime.clock)
+        from pipeline.clock import SystemClock
+
+        # Retries wait in wall time, even when the detection clock is accelerated (demo).
+        deliverer = OutboxDeliverer(runtime.store, runtime.sinks, SystemClock())
         runtime.deliverer = deliverer
         await deliverer.run_forever(runtime.stopping, poll_interval=0.5)
 

@@ -108,7 +108,10 @@ def open_runtime(settings: Settings, thresholds_path: Path | None = None) -> "Wo
         raise WorkerStartError(str(problem)) from None
     except (SchemaOutdated, StoreUnavailable) as problem:
         raise WorkerStartError(str(problem)) from None
+    from pipeline.clock import clock_from_settings
+
     runtime = WorkerRuntime(settings, version.thresholds, store, notify_sinks(settings),
+                            clock=clock_from_settings(settings.clock_speed, settings.clock_anchor),
                             threshold_version=version.number)
     checkpoint = load_model_checkpoint(settings)
     restore = getattr(runtime.models, "restore", None)
