@@ -216,7 +216,8 @@ class OutboxDeliverer:
                 await asyncio.to_thread(self.run_once)
             except StoreUnavailable as problem:
                 outage += 1
-                wait = min(self.backoff.max_delay, poll_interval * 2 ** min(outage, 8))
+                # Short waits: once the store is back, pending deliveries should go out within seconds.
+                wait = min(10.0, poll_interval * 2 ** min(outage, 8))
                 if outage == 1:
                     log.warning("outbox paused, store unavailable: %s", problem)
             else:

@@ -30,6 +30,9 @@ Behaviours for :meth:`SlackStandIn.plan` / :meth:`SlackStandIn.fail_for`:
 ``stall:S``       wait S seconds, then answer normally -- the message *is*
                   posted, as Slack would, even if the client gave up waiting
 ``drop``          close the connection without answering (nothing posted)
+``stall-drop:S``  wait S seconds, then close the connection without answering
+                  (nothing posted): a request lost on the way, so a client
+                  that timed out can retry without making a duplicate
 ``error:CODE``    HTTP 200 ``{"ok": false, "error": CODE}`` (nothing posted)
 
 Messages are tied to alerts by their ``metadata.event_payload.alert_id`` or,
@@ -337,7 +340,7 @@ def _check_behaviour(behaviour: str) -> None:
         return
     if kind.isdigit() and 500 <= int(kind) <= 599 and not arg:
         return
-    if kind == "stall" and arg:
+    if kind in ("stall", "stall-drop") and arg:
         float(arg)
         return
     if kind == "error" and arg:
@@ -409,6 +412,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"not found", "text/plain")
             return
         kind, _, arg = behaviour.partition(":")
+        if kind == "stall-drop":
+            owner._closing.wait(float(arg))
+            kind = "drop"
         if kind == "drop":
             self.close_connection = True
             try:
