@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from pipeline.config import ConfigError, Settings, load_settings
 
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--json", action="store_true", help="print one JSON object")
     backtest.add_argument("--until", default=None, help="run the clock on to this day (YYYY-MM-DD) after the last event")
     backtest.add_argument("--no-models", action="store_true", help="rules only")
+    backtest.add_argument("--compare", type=_existing_file, default=None, metavar="FILE",
+                          help="a second thresholds file: what-if report of --config (A) against this one (B)")
+    backtest.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                          help="with --compare: write the side-by-side report with a chart of alerts per week")
+    backtest.add_argument("--feedback", action="store_true",
+                          help="with --compare: add reviewer-confirmed precision from the store's verdicts")
     backtest.set_defaults(handler=_cmd_backtest)
 
     simulate = commands.add_parser("simulate", help="generate a realistic simulated portfolio as JSONL events")
@@ -227,6 +233,10 @@ def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
         until = date.fromisoformat(args.until) if args.until else None
     except ValueError:
         raise UserError(f"--until {args.until!r} is not a date written YYYY-MM-DD") from None
+    if args.compare is not None:
+        return _backtest_compare(args, settings, thresholds)
+    if args.report is not None:
+        raise UserError("--report needs --compare")
     engine = build_engine(thresholds, settings.ledger, with_models=not args.no_models)
     with args.file.open("rb") as handle:
         total = sum(1 for _ in handle)
@@ -280,6 +290,26 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as problem:
         raise UserError(f"cannot write {args.out}: {problem.strerror}") from None
     print(f"wrote {count:,} events ({what}) to {args.out} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _backtest_compare(args: argparse.Namespace, settings: Settings, thresholds: Any) -> int:
+    from detectors.config import ThresholdError, load_thresholds
+    from pipeline.whatif import compare, feedback_from_store, format_text, write_html
+
+    try:
+        other = load_thresholds(args.compare)
+    except ThresholdError as problem:
+        raise UserError(str(problem)) from None
+    feedback = feedback_from_store(_threshold_store(settings)) if args.feedback else None
+    lines = args.file.read_bytes().splitlines()
+    _, _, report = compare(lines, thresholds, other, settings.ledger, feedback, with_models=not args.no_models)
+    if args.report is not None:
+        try:
+            write_html(report, args.report)
+        except OSError as problem:
+            raise UserError(f"cannot write {args.report}: {problem.strerror}") from None
+    print(json.dumps(report, default=str) if args.json else format_text(report))
     return 0
 
 
