@@ -40,6 +40,7 @@ class KafkaAlertSink:
                     linger_ms=5,
                     max_block_ms=int(self.timeout_s * 1000),
                     request_timeout_ms=int(self.timeout_s * 1000),
+                    bootstrap_timeout_ms=int(self.timeout_s * 1000),
                 )
             except KafkaError as problem:
                 raise SinkError(f"kafka: cannot reach {self.bootstrap_servers}: {problem}") from None

@@ -52,6 +52,7 @@ def ingest_file(path: Path, settings: Settings, errors: TextIO = sys.stderr) -> 
             retries=5,
             max_block_ms=10_000,
             request_timeout_ms=15_000,
+            bootstrap_timeout_ms=10_000,
         )
     except KafkaError as problem:
         raise BrokerUnavailable(f"cannot reach the broker at {settings.bootstrap_servers}: {problem}") from None
