@@ -173,3 +173,16 @@ def test_arbitrary_bytes_never_raise_anything_but_invalid_event(raw):
 
 def test_validate_event_accepts_decoded_dicts():
     assert validate_event(json.loads(issued())).amount == Decimal("100.00")
+
+
+def test_schema_command_writes_one_json_schema_per_event_type(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "schema", "--out", str(tmp_path / "schemas")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in (tmp_path / "schemas").iterdir())
+    assert written == sorted(f"{name}.schema.json" for name in EVENT_TYPES)
+    schema = json.loads((tmp_path / "schemas" / "invoice.issued.schema.json").read_text())
+    assert set(schema["required"]) >= {"event_id", "customer_id", "occurred_at", "invoice_id", "amount", "currency"}
