@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/creditwatch demo
 
-test: install
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "note: /usr/bin/chromium is missing and cannot be installed here; browser tests will be skipped"; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

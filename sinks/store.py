@@ -234,6 +234,7 @@ class Alert(Base):
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
         # The inbox: open alerts, worst first, newest first.
         Index("ix_alerts_status_severity_rank_raised_at", "status", "severity_rank", "raised_at"),
+        Index("ix_alerts_assignee_status", "assignee", "status"),
         # Inbox search: a trigram GIN index on PostgreSQL (where pg_trgm is available, see migration
         # 0003); on SQLite a plain index, which a count of matches scans instead of the whole table.
         Index("ix_alerts_search_text_trgm", "search_text", postgresql_using="gin",
@@ -312,7 +313,7 @@ class CustomerPositionRow(Base):
     __tablename__ = "customer_positions"
 
     customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(200), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
     as_of: Mapped[date] = mapped_column(Date)
     currency: Mapped[str | None] = mapped_column(String(3))
     exposure: Mapped[Decimal | None] = mapped_column(Money)
@@ -325,6 +326,9 @@ class CustomerPositionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: The model's latest risk score (``position["risk_score"]``), for "the riskiest customers".
     risk_score: Mapped[float | None] = mapped_column(Float, index=True)
+
+    # Searching customers by name or id reads this small index, not the rows (with their JSON).
+    __table_args__ = (Index("ix_customer_positions_name_customer_id", "name", "customer_id"),)
 
 
 class CustomerEventRow(Base):

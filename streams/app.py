@@ -162,7 +162,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             started = time.time()
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
-            await runtime.persist(result.updates, result.states, now)
+            await runtime.persist(result.updates, result.states, now, result.applied)
             await write(result.states, result.partitions, result.dead_letters)
             runtime.schedule(result.states.values(), now.date())
             for update in result.updates:
@@ -251,14 +251,23 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         runtime.deliverer = deliverer
         await deliverer.run_forever(runtime.stopping, poll_interval=0.5)
 
+    lag_series: set[tuple[str, str]] = set()
+
     @app.timer(5.0)
     async def refresh_gauges() -> None:
+        owned = set()
         for tp in app.consumer.assignment():
             if tp.topic in settings.input_topics:
+                owned.add((tp.topic, str(tp.partition)))
                 highwater = app.consumer.highwater(tp)
                 if highwater is not None:
                     done = processed_to.get((tp.topic, tp.partition), 0)
                     metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - done, 0))
+                    lag_series.add((tp.topic, str(tp.partition)))
+        # A partition that moved to another worker is no longer this worker's lag.
+        for labels in lag_series - owned:
+            metrics.lag.remove(*labels)
+        lag_series.intersection_update(owned)
         model_metrics = getattr(runtime.models, "metrics", None)
         if model_metrics is not None:
             auc = model_metrics().get("roc_auc")

@@ -139,15 +139,20 @@ class WorkerRuntime:
         risk = record.risk.models.get("r")  # OnlineModels keeps [risk, previous risk] here
         return risk[0] if risk else None
 
-    async def persist(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime) -> None:
-        """Commit the batch's alerts (with their outbox rows), positions and snapshots; wait out outages."""
+    async def persist(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime,
+                      events: list[Any] | None = None) -> None:
+        """Commit the batch's alerts (with their outbox rows), positions, snapshots and events; wait out outages.
+
+        The events feed the customer timeline in the web app; the store keeps each ``event_id`` once.
+        """
         from sinks.store import StoreUnavailable
 
         positions, snapshots = self._store_payload(records, now)
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self.store.record, updates, list(self.sinks), positions, snapshots)
+                await asyncio.to_thread(self.store.record, updates, list(self.sinks), positions, snapshots,
+                                        None, events)
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)

@@ -185,7 +185,7 @@ def migrated_database_url(request, tmp_path, _migrated_templates):
         connection.execute(text("SET LOCAL lock_timeout = '5s'"))
         # DELETE, not TRUNCATE: on a few rows it is many times faster.
         for table in ("deliveries", "alert_history", "alerts", "risk_snapshots", "customer_positions",
-                      "threshold_changes", "users"):
+                      "threshold_changes", "users", "customer_events"):
             connection.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
     return template

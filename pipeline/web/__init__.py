@@ -1,0 +1,1 @@
+"""The creditwatch web app (``creditwatch serve``): see :mod:`pipeline.web.app`."""

@@ -22,6 +22,7 @@ the demo and the browser tests); :func:`ensure_user` seeds a user.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -79,6 +80,8 @@ class WebSettings:
     page_size: int = 50
     login_max_failures: int = 5
     login_window_s: float = 300.0
+    #: The portfolio summary is recomputed (in the background) when older than this.
+    portfolio_ttl_s: float = 60.0
 
 
 def load_web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
@@ -261,6 +264,53 @@ class LoginRequired(Exception):
     pass
 
 
+class PortfolioCache:
+    """The portfolio summary, recomputed at most every ``ttl`` seconds, never while a user waits for it.
+
+    Aggregating a whole book (every position, 90 days of snapshots and
+    alerts) is the one page that cannot be an index lookup; a summary a
+    minute old is as good. The first request computes it; after ``ttl`` the
+    stale summary is served while one background thread refreshes it.
+    """
+
+    def __init__(self, compute: Callable[[], Any], ttl: float = 60.0, clock: Callable[[], float] | None = None):
+        import time
+
+        self.compute = compute
+        self.ttl = ttl
+        self.clock = clock or time.monotonic
+        self._value: Any = None
+        self._computed_at: datetime | None = None
+        self._stamp = 0.0
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    def _refresh(self) -> None:
+        try:
+            value = self.compute()
+            with self._lock:
+                self._value, self._computed_at, self._stamp = value, datetime.now(timezone.utc), self.clock()
+        except Exception:  # noqa: BLE001 - keep serving the old summary; the next request tries again
+            log.exception("portfolio refresh failed")
+        finally:
+            self._refreshing = False
+
+    def get(self) -> tuple[Any, datetime | None]:
+        with self._lock:
+            value, computed_at, age = self._value, self._computed_at, self.clock() - self._stamp
+            stale = value is not None and age >= self.ttl and not self._refreshing
+            if stale:
+                self._refreshing = True
+        if value is None:
+            value = self.compute()  # the first time: compute while the user waits
+            with self._lock:
+                self._value, self._computed_at, self._stamp = value, datetime.now(timezone.utc), self.clock()
+                computed_at = self._computed_at
+        elif stale:
+            threading.Thread(target=self._refresh, name="portfolio-refresh", daemon=True).start()
+        return value, computed_at
+
+
 @dataclass
 class WebContext:
     store: Any
@@ -270,9 +320,11 @@ class WebContext:
     clock: Clock
     throttle: auth.LoginThrottle
     templates: Jinja2Templates
+    portfolio: PortfolioCache
     approve_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@functools.cache
 def _templates() -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")),
                       autoescape=select_autoescape(enabled_extensions=("html",), default=True),
@@ -285,7 +337,7 @@ def _templates() -> Jinja2Templates:
 def _security_headers(response: Response) -> None:
     response.headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     )
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -320,12 +372,17 @@ def create_app(
     web = web_settings or load_web_settings()
     if store is None:
         store = AlertStore(store_url or settings.resolved_database_url)
+    clock = clock or SystemClock()
+    ledger = settings.ledger
     ctx = WebContext(
         store=store, settings=settings, web=web,
         publisher=publisher if publisher is not None else KafkaPublisher(settings),
-        clock=clock or SystemClock(),
-        throttle=auth.LoginThrottle(web.login_max_failures, web.login_window_s),
+        clock=clock,
+        throttle=auth.LoginThrottle(web.login_max_failures, web.login_window_s,
+                                    client_max_failures=web.login_max_failures * 4),
         templates=_templates(),
+        portfolio=PortfolioCache(lambda: queries.portfolio(store, ledger.base_currency, ledger.fx_rates,
+                                                           clock.now().date()), ttl=web.portfolio_ttl_s),
     )
     app = FastAPI(title="creditwatch", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
@@ -364,7 +421,7 @@ def _flash(request: Request, kind: str, message: str) -> None:
     request.session["flash"] = [*request.session["flash"], [kind, message]][-5:]
 
 
-def _render(ctx: WebContext, request: Request, name: str, status_code: int = 200, **values: Any) -> HTMLResponse:
+def _render(ctx: WebContext, request: Request, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
     user = getattr(request.state, "user", None)
     flashes = request.session.pop("flash", []) if "flash" in request.session else []
     context = {
@@ -373,7 +430,7 @@ def _render(ctx: WebContext, request: Request, name: str, status_code: int = 200
         "can_approve": auth.can_approve(user["role"]) if user else False,
         **values,
     }
-    return ctx.templates.TemplateResponse(request, name, context, status_code=status_code)
+    return ctx.templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
 def current_user(request: Request) -> dict[str, Any]:
@@ -534,7 +591,8 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
 
     @pages.get("/alerts", response_class=HTMLResponse)
     def inbox(request: Request, status: str = "active", severity: str = "", detector: str = "",
-              assignee: str = "", q: str = "", sort: str = "severity", page: int = 1) -> Response:
+              assignee: str = "", q: str = "", sort: str = "severity", page: int = 1, after: str = "",
+              before: str = "") -> Response:
         status = status if status in STATUS_FILTERS else "active"
         severity = severity if severity in SEVERITIES else ""
         detector = detector if detector in detector_names else ""
@@ -545,19 +603,30 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
             "status": STATUS_FILTERS[status], "severity": severity or None, "detector": detector or None,
             "assignee": ("" if assignee == UNASSIGNED else assignee) if assignee else None, "search": q or None,
         }
+        if q:
+            # Customers named by the search, from a small index; their alerts then come by customer_id.
+            # Too many (or none: a customer without a stored position) → the store's text search.
+            customers = queries.find_customers(ctx.store, q)
+            if customers:
+                filters.update(customer=customers, search=None)
         total = ctx.store.count_alerts(**filters)
         size = ctx.web.page_size
         pages_total = max(1, math.ceil(total / size))
         page = min(max(page, 1), pages_total)
-        alerts = ctx.store.list_alerts(**filters, order=SORTS[sort], limit=size, offset=(page - 1) * size)
+        # Previous/Next carry a cursor (the first/last row's sort keys): a deep page costs what page 1 does.
+        # A page number alone (typed in) skips rows instead.
+        cursor = {"after": after[:400] or None, "before": before[:400] or None} if page > 1 else {}
+        result = queries.alerts_page(ctx.store, filters, SORTS[sort], size, **cursor, offset=(page - 1) * size)
         params = {"status": status, "severity": severity, "detector": detector, "assignee": assignee, "q": q,
                   "sort": sort}
+        has_next = result.has_more and page < pages_total
         return _render(
-            ctx, request, "inbox.html", alerts=alerts, total=total, page=page, pages=pages_total, params=params,
-            statuses=list(STATUS_FILTERS), severities=SEVERITIES, detectors=detector_names, sorts=list(SORTS),
-            unassigned=UNASSIGNED, users=_user_names(ctx),
-            prev_url=_query(params, page=page - 1) if page > 1 else None,
-            next_url=_query(params, page=page + 1) if page < pages_total else None,
+            ctx, request, "inbox.html", alerts=result.alerts, total=total, page=page, pages=pages_total,
+            params=params, statuses=list(STATUS_FILTERS), severities=SEVERITIES, detectors=detector_names,
+            sorts=list(SORTS), unassigned=UNASSIGNED, users=_user_names(ctx),
+            prev_url=(_query(params, page=page - 1, before=result.first_cursor) if page > 2 else _query(params))
+            if page > 1 else None,
+            next_url=_query(params, page=page + 1, after=result.last_cursor) if has_next else None,
             first_item=(page - 1) * size + 1 if total else 0, last_item=min(page * size, total),
         )
 
@@ -653,7 +722,7 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
         _flash(request, "ok", f"Credit limit {fmt_money(limit, currency)} approved and sent to the ERP.")
         return RedirectResponse(f"/alerts/{alert_id}", status_code=303)
 
-    @pages.get("/customers/{customer_id}", response_class=HTMLResponse)
+    @pages.get("/customers/{customer_id:path}", response_class=HTMLResponse)
     def customer_page(request: Request, customer_id: str) -> Response:
         position = ctx.store.get_position(customer_id)
         alerts = ctx.store.list_alerts(customer=customer_id, order="-raised_at", limit=100)
@@ -683,15 +752,14 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
 
     @pages.get("/portfolio", response_class=HTMLResponse)
     def portfolio_page(request: Request) -> Response:
-        ledger = ctx.settings.ledger
-        data = queries.portfolio(ctx.store, ledger.base_currency, ledger.fx_rates, ctx.clock.now().date())
+        data, computed_at = ctx.portfolio.get()
         chart = {
             "dso": {"labels": [d for d, _ in data.dso_trend], "values": [v for _, v in data.dso_trend]},
             "alerts": {"labels": [d for d, _ in data.alerts_per_day],
                        **{s: [c.get(s, 0) for _, c in data.alerts_per_day] for s in SEVERITIES}},
             "aging": {"labels": list(data.aging), "values": [float(v) for v in data.aging.values()]},
         }
-        return _render(ctx, request, "portfolio.html", data=data, chart=chart)
+        return _render(ctx, request, "portfolio.html", data=data, chart=chart, computed_at=computed_at)
 
     app.include_router(pages)
 

@@ -35,7 +35,22 @@ MIN_PASSWORD_LENGTH = 8
 MAX_NAME_LENGTH = 64
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_dummy_hash: str | None = None
+
+
+def use_hasher(hasher: PasswordHasher) -> PasswordHasher:
+    """Hash new passwords with ``hasher`` (tests use cheap parameters); returns the previous one."""
+    global _hasher, _dummy_hash
+    previous, _hasher, _dummy_hash = _hasher, hasher, None
+    return previous
+
+
+def _dummy() -> str:
+    """A hash with the current parameters, to verify unknown users against (as slow as a real check)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -45,7 +60,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True if ``password`` matches; with no hash (unknown user) it takes as long and is False."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _dummy(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
@@ -87,7 +102,8 @@ def same_token(expected: str | None, given: str | None) -> bool:
 
 @dataclass
 class LoginThrottle:
-    """At most ``max_failures`` failed logins per user name and per client address in ``window`` seconds.
+    """At most ``max_failures`` failed logins per user name in ``window`` seconds, and
+    ``client_max_failures`` per client address (higher: many users may share a proxy's address).
 
     In memory, per process: enough for one web process; a fleet behind a load
     balancer would keep this in the database or at the proxy.
@@ -96,6 +112,7 @@ class LoginThrottle:
     max_failures: int = 5
     window: float = 300.0
     clock: object = time.monotonic
+    client_max_failures: int = 20
     _failures: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,10 +134,10 @@ class LoginThrottle:
         now = self.clock()  # type: ignore[operator]
         wait = 0.0
         with self._lock:
-            for key in self._keys(name, client):
+            for key, limit in zip(self._keys(name, client), (self.max_failures, self.client_max_failures)):
                 times = self._recent(key, now)
-                if len(times) >= self.max_failures:
-                    wait = max(wait, times[0] + self.window - now)
+                if len(times) >= limit:
+                    wait = max(wait, times[-limit] + self.window - now)
         return wait
 
     def failed(self, name: str, client: str) -> None:
@@ -128,7 +145,7 @@ class LoginThrottle:
         with self._lock:
             for key in self._keys(name, client):
                 self._failures.setdefault(key, deque()).append(now)
-                if len(self._failures[key]) > self.max_failures * 4:
+                if len(self._failures[key]) > self.client_max_failures:
                     self._failures[key].popleft()
 
     def succeeded(self, name: str) -> None:

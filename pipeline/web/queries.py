@@ -8,22 +8,28 @@ costs a few indexed queries however large the portfolio is.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, and_, cast, func, or_, select
 
 from pipeline.ledger import AGING_BUCKETS
 from sinks.store import (
+    ORDERS,
     Alert,
     AlertHistory,
     AlertStore,
     CustomerEventRow,
     CustomerPositionRow,
+    SEVERITIES,
     RiskSnapshotRow,
+    UTCDateTime,
+    alert_json,
 )
 
 CENT = Decimal("0.01")
@@ -51,6 +57,120 @@ def events_by_id(store: AlertStore, event_ids: Iterable[str]) -> list[dict[str, 
                                .order_by(CustomerEventRow.occurred_at, CustomerEventRow.id)).scalars()
         return [{"event_id": r.event_id, "customer_id": r.customer_id, "type": r.type,
                  "occurred_at": _iso(r.occurred_at), "summary": r.summary or {}} for r in rows]
+
+
+def find_customers(store: AlertStore, text: str, limit: int = 2000) -> list[str] | None:
+    """Customers whose name or id contains every word of ``text``; None if more than ``limit`` do.
+
+    Reads the ``(name, customer_id)`` index of ``customer_positions`` only, so
+    the inbox can then take the alerts of those customers by ``customer_id``
+    instead of scanning every alert's text.
+    """
+    words = text.lower().split()
+    if not words:
+        return []
+    haystack = func.lower(func.coalesce(CustomerPositionRow.name, "") + " " + CustomerPositionRow.customer_id)
+    query = select(CustomerPositionRow.customer_id)
+    for word in words:
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(haystack.like(f"%{escaped}%", escape="\\"))
+    with store._session() as session:
+        found = list(session.execute(query.limit(limit + 1)).scalars())
+    return None if len(found) > limit else found
+
+
+def _sort_keys(order: str) -> list[tuple[Any, bool]]:
+    """The store's ``ORDERS[order]`` as (column, descending) pairs; the last one is the unique ``id``."""
+    from sqlalchemy.sql import operators
+
+    return [(term.element, term.modifier is operators.desc_op) for term in ORDERS[order]]
+
+
+def encode_cursor(row: Alert, order: str) -> str:
+    values = []
+    for column, _ in _sort_keys(order):
+        value = getattr(row, column.key)
+        values.append(value.isoformat() if isinstance(value, datetime) else value)
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str, order: str) -> list[Any] | None:
+    """The sort-key values a cursor holds, or None if it is not one of ours for this order."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError):
+        return None
+    keys = _sort_keys(order)
+    if not isinstance(values, list) or len(values) != len(keys):
+        return None
+    decoded = []
+    for (column, _), value in zip(keys, values):
+        python_type = column.type.python_type if not isinstance(column.type, UTCDateTime) else datetime
+        try:
+            if python_type is datetime:
+                value = datetime.fromisoformat(value)
+            elif python_type is int:
+                value = int(value)
+            elif not isinstance(value, str):
+                return None
+        except (TypeError, ValueError):
+            return None
+        decoded.append(value)
+    return decoded
+
+
+def _beyond(order: str, values: list[Any], forward: bool) -> Any:
+    """Rows after (``forward``) or before the row with these sort-key values, in ``order``."""
+    keys = _sort_keys(order)
+    alternatives = []
+    for i, (column, descending) in enumerate(keys):
+        later = (column < values[i]) if descending == forward else (column > values[i])
+        alternatives.append(and_(*[keys[j][0] == values[j] for j in range(i)], later))
+    first, descending = keys[0]
+    # The same rows, led by a range on the first key alone, which an index on it can seek to (an OR
+    # of the alternatives by itself makes SQLite read every row past the cursor and sort them).
+    bound = (first <= values[0]) if descending == forward else (first >= values[0])
+    return and_(bound, or_(*alternatives))
+
+
+@dataclass
+class AlertPage:
+    alerts: list[dict[str, Any]]
+    first_cursor: str | None
+    last_cursor: str | None
+    has_more: bool  # another page after this one (in the direction of the order)
+
+
+def alerts_page(
+    store: AlertStore, filters: Mapping[str, Any], order: str, limit: int,
+    after: str | None = None, before: str | None = None, offset: int = 0,
+) -> AlertPage:
+    """One inbox page by keyset ("seek") pagination: the page after/before a cursor costs an index
+    lookup however deep it is; without a (valid) cursor, ``offset`` rows are skipped instead."""
+    base = store._filtered(select(Alert), filters.get("status"), filters.get("severity"), filters.get("detector"),
+                           filters.get("assignee"), filters.get("customer"), filters.get("search"))
+    keys = _sort_keys(order)
+    backward = False
+    if after and (values := decode_cursor(after, order)) is not None:
+        query = base.where(_beyond(order, values, True)).order_by(*ORDERS[order])
+    elif before and (values := decode_cursor(before, order)) is not None:
+        backward = True
+        query = base.where(_beyond(order, values, False)).order_by(
+            *[column.asc() if descending else column.desc() for column, descending in keys])
+    else:
+        query = base.order_by(*ORDERS[order]).offset(offset)
+    with store._session() as session:
+        rows = list(session.execute(query.limit(limit + 1)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if backward:
+            rows.reverse()
+        return AlertPage(
+            alerts=[alert_json(row) for row in rows],
+            first_cursor=encode_cursor(rows[0], order) if rows else None,
+            last_cursor=encode_cursor(rows[-1], order) if rows else None,
+            has_more=True if backward else more,
+        )
 
 
 def customer_alert_history(store: AlertStore, customer_id: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -129,9 +249,9 @@ def portfolio(
             select(alert_day, Alert.severity, func.count()).where(Alert.raised_at >= since)
             .group_by(alert_day, Alert.severity)
         ).all()
-        open_alerts = session.execute(
-            select(Alert.severity, func.count()).where(Alert.status.in_(("open", "acknowledged")))
-            .group_by(Alert.severity)
+        open_alerts = session.execute(  # (severity_rank: answered from the inbox index alone)
+            select(Alert.severity_rank, func.count()).where(Alert.status.in_(("open", "acknowledged")))
+            .group_by(Alert.severity_rank)
         ).all()
         top = session.execute(
             select(pos.customer_id, pos.name, pos.currency, pos.exposure, pos.credit_limit, pos.utilisation,
@@ -161,7 +281,7 @@ def portfolio(
     first = today - timedelta(days=days - 1)
     result.alerts_per_day = [((first + timedelta(days=i)).isoformat(), counts.get(first + timedelta(days=i), {}))
                              for i in range(days)]
-    result.open_alerts = {severity: int(count) for severity, count in open_alerts}
+    result.open_alerts = {SEVERITIES[rank]: int(count) for rank, count in open_alerts}
     result.riskiest = [
         {"customer_id": c, "name": n, "currency": cur, "exposure": e, "credit_limit": lim, "utilisation": u,
          "overdue": o, "rating": r, "risk_score": s}

@@ -6,6 +6,9 @@
 * ``customer_positions.risk_score`` (+ index): the latest model risk score, so
   "the riskiest customers" is an index scan, not a look through every snapshot.
 * ``risk_snapshots (taken_at)``: the portfolio's DSO trend groups by day.
+* ``customer_positions (name, customer_id)``: the inbox finds the customers a
+  search names from this small index, then their alerts by ``customer_id``.
+* ``alerts (assignee, status)``: "my open alerts".
 * Inbox search (``alerts.search_text LIKE '%word%'``): on PostgreSQL a pg_trgm
   GIN index when the extension is available (it is a trusted extension since
   PostgreSQL 13; without it the search still works, by a scan). On SQLite a
@@ -79,7 +82,9 @@ def upgrade() -> None:
     with op.batch_alter_table("customer_positions") as batch:
         batch.add_column(sa.Column("risk_score", sa.Float(), nullable=True))
     op.create_index(op.f("ix_customer_positions_risk_score"), "customer_positions", ["risk_score"], unique=False)
-    op.create_index(op.f("ix_customer_positions_name"), "customer_positions", ["name"], unique=False)
+    op.create_index(op.f("ix_customer_positions_name_customer_id"), "customer_positions", ["name", "customer_id"],
+                    unique=False)
+    op.create_index(op.f("ix_alerts_assignee_status"), "alerts", ["assignee", "status"], unique=False)
     op.create_index(op.f("ix_risk_snapshots_taken_at"), "risk_snapshots", ["taken_at"], unique=False)
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
@@ -97,7 +102,8 @@ def downgrade() -> None:
     else:
         op.drop_index(TRGM_INDEX, table_name="alerts")
     op.drop_index(op.f("ix_risk_snapshots_taken_at"), table_name="risk_snapshots")
-    op.drop_index(op.f("ix_customer_positions_name"), table_name="customer_positions")
+    op.drop_index(op.f("ix_alerts_assignee_status"), table_name="alerts")
+    op.drop_index(op.f("ix_customer_positions_name_customer_id"), table_name="customer_positions")
     op.drop_index(op.f("ix_customer_positions_risk_score"), table_name="customer_positions")
     with op.batch_alter_table("customer_positions") as batch:
         batch.drop_column("risk_score")
