@@ -397,7 +397,9 @@ class SlackSink:
     @classmethod
     def from_settings(cls, settings: Any, **options: Any) -> SlackSink:
         """From ``pipeline.config.Settings``: ``slack_bot_token`` and ``slack_channel`` (see :func:`parse_channels`)."""
-        return cls(settings.slack_bot_token, parse_channels(settings.slack_channel), **options)
+        options.setdefault("base_url", getattr(settings, "slack_base_url", "") or None)
+        options.setdefault("review_url", getattr(settings, "review_url", None))
+        return cls(settings.slack_bot_token, parse_channels(settings.slack_channel or "#credit-alerts"), **options)
 
     def __repr__(self) -> str:
         return (f"SlackSink(channels={self.channels!r}, base_url={self.base_url!r}, "
