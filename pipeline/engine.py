@@ -36,12 +36,15 @@ from pipeline.ledger import (
     LedgerRejected,
     apply,
     new_state,
+    open_views,
     state_from_dict,
     state_to_dict,
 )
 
 #: How long findings are remembered for composite detectors.
 RECENT_FINDINGS_DAYS = 180
+#: Days after the due date on which an open invoice moves to the next aging bucket.
+_AGING_STEPS = (1, 31, 61, 91)
 
 
 @dataclass(slots=True)
@@ -110,6 +113,9 @@ class NoModels:
     def wake_dates(self, record: CustomerRecord, today: date) -> Iterable[date]:
         return ()
 
+    def first_wake(self, record: CustomerRecord, t: int) -> int:
+        return 0
+
 
 def _order(cls: type[Detector]) -> tuple[int, str]:
     return (getattr(cls, "order", 0), cls.name)
@@ -161,21 +167,40 @@ class RiskEngine:
         return self._evaluate(record, None, today, now, signals, self._by_trigger.get("tick", ()))
 
     def next_wake(self, record: CustomerRecord, today: date) -> date | None:
-        """The first day after ``today`` on which time alone can change this customer's alerts."""
-        from pipeline.ledger import allocate
+        """The first day after ``today`` on which time alone can change this customer's alerts.
 
-        candidates: list[date] = []
-        alloc = allocate(record.ledger, self.ledger_config)
-        for view in alloc.invoices:
-            if view.outstanding_base > 0:
-                for offset in (1, 31, 61, 91):
-                    candidates.append(view.due_on + timedelta(days=offset))
-        grace = self.ledger_config.promise_grace_days
-        for promise in record.ledger.promises.values():
-            candidates.append(promise.promised_on + timedelta(days=grace + 1))
-        candidates.extend(self.models.wake_dates(record, today))
-        later = [day for day in candidates if day > today]
-        return min(later) if later else None
+        Each open invoice 1, 31, 61 and 91 days after its due date (aging
+        buckets), each promise the day after its deadline, and what the models
+        ask for. O(open invoices + promises); the day numbers are compared as
+        ordinals.
+        """
+        t = today.toordinal()
+        best = 0  # the earliest day after today so far (0: none)
+        for view in open_views(record.ledger, self.ledger_config):
+            due = view.due_on.toordinal()
+            for offset in _AGING_STEPS:
+                day = due + offset
+                if day > t:
+                    if not best or day < best:
+                        best = day
+                    break  # the later steps of this invoice come after this one
+        if record.ledger.promises:
+            grace = self.ledger_config.promise_grace_days + 1
+            for promise in record.ledger.promises.values():
+                day = promise.promised_on.toordinal() + grace
+                if t < day and (not best or day < best):
+                    best = day
+        first_wake = getattr(self.models, "first_wake", None)
+        if first_wake is not None:
+            day = first_wake(record, t)
+            if day and (not best or day < best):
+                best = day
+        else:
+            for wake in self.models.wake_dates(record, today):
+                day = wake.toordinal()
+                if t < day and (not best or day < best):
+                    best = day
+        return date.fromordinal(best) if best else None
 
     # --- internals --------------------------------------------------------------
 
@@ -193,7 +218,8 @@ class RiskEngine:
         if risk.recent and risk.recent[0][0] < horizon:
             risk.recent = [item for item in risk.recent if item[0] >= horizon]
         # A condition whose episode is still open holds today, even if its detector did not run now.
-        holding = [(today, name) for name, episode in risk.book.open_alerts().items() if name in self._conditions]
+        holding = [(today, name) for name, episode in risk.book.episodes.items()
+                   if episode.ended_on is None and name in self._conditions]
         ctx = DetectionContext(
             ledger=record.ledger,
             event=event,
@@ -204,16 +230,22 @@ class RiskEngine:
             ledger_config=self.ledger_config,
         )
         updates: list[AlertUpdate] = []
+        memories, episodes = risk.memory, risk.book.episodes
         for detector in detectors:
-            memory = risk.memory.get(detector.name, {})
-            findings, memory = detector.detect(ctx, memory)
+            name = detector.name
+            findings, memory = detector.detect(ctx, memories.get(name, {}))
             if memory:
-                risk.memory[detector.name] = memory
+                memories[name] = memory
+            elif name in memories:
+                del memories[name]
+            if not findings:
+                episode = episodes.get(name)
+                if episode is None or episode.ended_on is not None:
+                    continue  # nothing found and no open episode to end: settling would change nothing
             else:
-                risk.memory.pop(detector.name, None)
-            for finding in findings:
-                if (today, finding.detector) not in risk.recent[-16:]:
-                    risk.recent.append((today, finding.detector))
+                for finding in findings:
+                    if (today, finding.detector) not in risk.recent[-16:]:
+                        risk.recent.append((today, finding.detector))
             update = settle(risk.book, detector, findings, ctx, self.threshold_version)
             if update is not None:
                 updates.append(update)

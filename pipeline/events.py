@@ -373,12 +373,30 @@ def _reject_constant(name: str) -> Any:
     raise InvalidEvent(f"not valid JSON: {name} is not a number")
 
 
+#: ``json.loads(..., parse_float=Decimal, parse_constant=_reject_constant)`` builds a decoder per
+#: call; this one is built once (decoders keep no state between documents).
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
+def _loads(raw: bytes | str) -> Any:
+    """``json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)``, step for step."""
+    if isinstance(raw, str):
+        if raw.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        text = raw
+    else:
+        if not isinstance(raw, (bytes, bytearray)):
+            raise TypeError(f"the JSON object must be str, bytes or bytearray, not {raw.__class__.__name__}")
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    return _DECODER.decode(text)
+
+
 def decode_json(raw: bytes | str) -> Any:
     """JSON with numbers as exact Decimals; raises InvalidEvent on bad input."""
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"message of {len(raw)} bytes is larger than the {MAX_EVENT_BYTES}-byte limit")
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        return _loads(raw)
     except InvalidEvent:
         raise
     except UnicodeDecodeError:

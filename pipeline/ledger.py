@@ -31,15 +31,29 @@ retired invoice.
 Money is Decimal throughout. Amounts are converted to the base currency with
 the configured rates (exact multiplication) and to the customer's limit
 currency only when a position is shown.
+
+Cost per event: the allocation is kept up to date event by event where the
+canonical order makes the effect of an event certain (a new invoice, a
+payment for one open invoice, cash on account received after all other, a
+credit note on an open invoice; see ``_Book``), and computed again from the
+facts otherwise (reversals, replays, out-of-order cash). With it a position
+costs O(open invoices + invoices in the DSO window), and :class:`Figures`
+gives its cheap parts (exposure, oldest overdue, days beyond terms, broken
+promises, ...) without building one, so that the work per event does not grow
+with the settled invoices a customer still retains. ``_allocate`` and
+``position_reference`` are the reference the shortcuts are tested against
+(``tests/test_fast_paths.py``); ``INCREMENTAL = False`` turns them off.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Iterable
+from operator import itemgetter
+from typing import Any, Iterable, Iterator
 
 from pipeline import events as ev
 from pipeline.config import LedgerConfig
@@ -59,9 +73,18 @@ class LedgerRejected(ValueError):
         self.reason = reason
 
 
+_LAST_UTC: tuple[Any, str] = (None, "")
+
+
 def _utc(event: ev.Event) -> str:
     """Event time as UTC ISO text, so that text order is time order."""
-    return event.occurred_at.astimezone(timezone.utc).isoformat()
+    global _LAST_UTC
+    last = _LAST_UTC  # the handler and ``apply`` both ask, for the same event
+    if last[0] is event:
+        return last[1]
+    text = event.occurred_at.astimezone(timezone.utc).isoformat()
+    _LAST_UTC = (event, text)
+    return text
 
 
 def _stamp(event: ev.Event) -> tuple[str, str]:
@@ -127,11 +150,14 @@ class Invoice:
     def open_dispute(self) -> tuple[str, Decimal | None, str | None] | None:
         if not self.disputes:
             return None
-        last_dispute = max((ts, eid) for eid, (ts, _, _) in self.disputes.items())
-        last_resolution = max(((ts, eid) for eid, (ts, _) in self.resolutions.items()), default=None)
-        if last_resolution is not None and last_resolution > last_dispute:
-            return None
-        return self.disputes[last_dispute[1]]
+        last_dispute: tuple[str, str] | None = None
+        for eid, dispute in self.disputes.items():
+            if last_dispute is None or (dispute[0], eid) > last_dispute:
+                last_dispute = (dispute[0], eid)
+        for eid, resolution in self.resolutions.items():
+            if (resolution[0], eid) > last_dispute:  # type: ignore[operator]
+                return None  # resolved after the last dispute
+        return self.disputes[last_dispute[1]]  # type: ignore[index]
 
 
 @dataclass(slots=True)
@@ -208,11 +234,18 @@ class CustomerState:
     watermark: str = ""  # latest occurred_at seen (ISO), event time
     seen: deque[str] = field(default_factory=deque)
     events_applied: int = 0
-    # Derived views of this revision (allocation, positions); never serialized.
+    # Derived views of this revision (positions); never serialized.
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The allocation and its indexes, kept up to date event by event (see ``_Book``); never serialized.
+    book: _Book | None = field(default=None, repr=False, compare=False)
+    # ``seen`` as a set, for lookups that do not grow with it; rebuilt from ``seen`` when out of step.
+    seen_index: set[str] | None = field(default=None, repr=False, compare=False)
 
     def has_seen(self, event_id: str) -> bool:
-        return event_id in self.seen
+        index = self.seen_index
+        if index is None or len(index) != len(self.seen):
+            index = self.seen_index = set(self.seen)
+        return event_id in index
 
 
 def new_state(customer_id: str) -> CustomerState:
@@ -234,14 +267,23 @@ def apply(state: CustomerState | None, event: ev.Event, config: LedgerConfig = D
         state = new_state(event.customer_id)
     if event.customer_id != state.customer_id:
         raise LedgerRejected(f"event for customer {event.customer_id!r} applied to state of {state.customer_id!r}")
-    if event.event_id in state.seen:
+    if state.has_seen(event.event_id):
         return state
     handler = _HANDLERS[event.type]
-    handler(state, event, config)
+    book = state.book
+    if book is None:
+        handler(state, event, config)
+    else:
+        before = _book_before(book, state, event, config)
+        handler(state, event, config)
+        if before is _STALE or not _book_after(book, state, event, before):
+            state.book = None  # rebuilt from the facts when next asked for
     state.memo.clear()
-    state.seen.append(event.event_id)
-    while len(state.seen) > config.seen_ids:
-        state.seen.popleft()
+    seen, index = state.seen, state.seen_index
+    seen.append(event.event_id)
+    index.add(event.event_id)  # type: ignore[union-attr]  (has_seen above made it)
+    while len(seen) > config.seen_ids:
+        index.discard(seen.popleft())  # type: ignore[union-attr]
     state.events_applied += 1
     stamp = _utc(event)
     if stamp > state.watermark:
@@ -465,9 +507,13 @@ def allocate(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> All
     what exceeds that invoice's balance goes on account. Pass 2: cash on
     account settles the oldest open invoices first, in order of receipt.
 
-    Computed once per state revision (``apply`` clears the memo); treat the
-    result as read-only.
+    Kept up to date event by event where the effect of an event on the
+    canonical order is certain (see ``_Book``), otherwise computed again from
+    the facts; either way the same result. Treat it as read-only.
     """
+    book = _book(state, config)
+    if book is not None:
+        return book.alloc
     key = ("allocation", id(config))
     cached = state.memo.get(key)
     if cached is None:
@@ -475,7 +521,16 @@ def allocate(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> All
     return cached
 
 
-def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
+def _vkey(view: InvoiceView) -> tuple[date, date, str]:
+    """The canonical order of invoices: oldest due first."""
+    return (view.due_on, view.issued_on, view.invoice_id)
+
+
+def _allocate(state: CustomerState, config: LedgerConfig, book: _Book | None = None) -> Allocation:
+    """The allocation from the facts alone: the reference every shortcut is tested against.
+
+    With ``book``, also fills the book's indexes of how the cash went.
+    """
     views: dict[str, InvoiceView] = {}
     rates = config.fx_rates
     for invoice in state.invoices.values():
@@ -493,7 +548,7 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
             invoice.invoice_id, issued_on, due_on, currency, amount, due,
             due if due > ZERO else ZERO, None, amount_base, adjusted_base, credited_base, written_off_base,
         )
-    ordered = sorted(views.values(), key=lambda v: (v.due_on, v.issued_on, v.invoice_id))
+    ordered = sorted(views.values(), key=_vkey)
     # Negative net due (credit note larger than the invoice) is cash-like credit.
     on_account: list[tuple[date, str, Decimal]] = [
         (view.issued_on, f"~credit:{view.invoice_id}", -view.due_base) for view in ordered if view.due_base < 0
@@ -501,6 +556,9 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
     held: list[str] = []
     allocations: dict[str, list[tuple[str, Decimal]]] = {}
     close_dates: dict[str, date] = {}
+    named_last: dict[str, tuple[date, str]] = {}
+    named_by: dict[str, list[str]] = {}
+    pass2: set[str] = set()
     applied = ZERO
     receipts = sorted(
         (p for p in state.payments.values() if p.counts),
@@ -515,6 +573,8 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
                 held.append(payment.payment_id)
                 continue
             applied += cash
+            named_last[invoice_id] = (received_on, payment.payment_id)
+            named_by.setdefault(invoice_id, []).append(payment.payment_id)
             take = min(cash, target.outstanding_base)
             if take > 0:
                 target.outstanding_base -= take
@@ -540,6 +600,7 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
             target.outstanding_base -= take
             cash -= take
             allocations.setdefault(source, []).append((target.invoice_id, take))
+            pass2.add(target.invoice_id)
             if target.outstanding_base == 0:
                 close_dates[target.invoice_id] = max(received_on, target.issued_on)
                 if not source.startswith("~credit:"):
@@ -549,7 +610,7 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
     for view in ordered:
         if view.due_base <= 0 and view.invoice_id not in close_dates:
             close_dates[view.invoice_id] = view.issued_on
-    return Allocation(
+    alloc = Allocation(
         invoices=ordered,
         applied_base=applied,
         unapplied_base=unapplied,
@@ -557,6 +618,321 @@ def _allocate(state: CustomerState, config: LedgerConfig) -> Allocation:
         allocations=allocations,
         close_dates=close_dates,
     )
+    if book is not None:
+        book.fill(state, alloc, views, pass2, named_last, named_by,
+                  [(p.receipt[4], p.payment_id, p.receipt[2], p.receipt[5], p.receipt[3]) for p in receipts],  # type: ignore[index]
+                  on_account[-1][:2] if on_account else None)
+    return alloc
+
+
+# --- the allocation, kept up to date ---------------------------------------------
+
+
+#: Off: every derived figure is computed from the facts each time (the reference; for tests).
+INCREMENTAL = True
+
+_STALE = object()
+_UNKNOWN: Any = object()
+TENTH = Decimal("0.1")
+
+
+class _Book:
+    """A customer's allocation plus the indexes that let most events update it in place.
+
+    Built from the facts by ``_allocate`` and then kept in step by
+    ``_book_before`` / ``_book_after`` for the events whose effect on the
+    canonical settlement order is certain:
+
+    * a new invoice that sorts after every invoice that on-account cash went
+      to, while no cash is unapplied and no held payment waits for it;
+    * a new payment naming an open invoice that no on-account cash went to,
+      received after the invoice's other payments and not more than it owes;
+    * a new payment without an invoice, received after every other piece of
+      cash on account: it settles the oldest open invoices, as pass 2 would;
+    * an adjustment, credit note or write-off of such an invoice that leaves
+      it open (or closes an invoice no cash went to);
+    * disputes, promises and master data, which do not move cash.
+
+    Anything else (a reversal, a replayed issue, cash for an invoice that is
+    closed or not there yet, ...) drops the book and the next reader builds
+    it again from the facts. Compaction retires closed groups from it. The
+    figures that positions need are kept alongside: totals of the retained
+    invoices, the amount-weighted days late of those settled by cash, the
+    open invoices, and the invoices by issue and by settlement day, so that
+    a position costs O(open invoices + invoices in the DSO window), not
+    O(retained history).
+    """
+
+    __slots__ = (
+        "config", "alloc", "views", "open", "pass2", "pass2_max", "on_account_max", "named_last", "named_by",
+        "sources", "counting", "issued", "adjusted", "credited", "written_off", "paid_amount", "paid_weighted",
+        "by_issue", "by_settle", "min_close", "orphans", "held_reversals", "reversed_received",
+        "oldest_due", "dbt", "dbt_recent",
+    )
+
+    def fill(self, state: CustomerState, alloc: Allocation, views: dict[str, InvoiceView], pass2: set[str],
+             named_last: dict[str, tuple[date, str]], named_by: dict[str, list[str]],
+             counting: list[tuple[date, str, Decimal, str | None, str]], on_account_max: tuple[date, str] | None) -> None:
+        self.alloc = alloc
+        self.views = views
+        self.open = {view.invoice_id: view for view in alloc.invoices if view.outstanding_base > 0}
+        self.pass2 = pass2
+        self.pass2_max = max((_vkey(views[iid]) for iid in pass2), default=None)
+        self.on_account_max = on_account_max
+        self.named_last = named_last
+        self.named_by = named_by
+        sources: dict[str, list[str]] = {}
+        for source, parts in alloc.allocations.items():
+            for invoice_id, _ in parts:
+                sources.setdefault(invoice_id, []).append(source)
+        self.sources = sources
+        self.counting = counting
+        issued = adjusted = credited = written_off = paid_amount = paid_weighted = ZERO
+        by_issue: list[tuple[date, str]] = []
+        by_settle: list[tuple[date, str, Decimal, Decimal]] = []
+        for view in alloc.invoices:
+            issued += view.amount_base
+            adjusted += view.adjusted_base
+            credited += view.credited_base
+            written_off += view.written_off_base
+            by_issue.append((view.issued_on, view.invoice_id))
+            if view.settled_on is not None and view.due_base > 0:
+                weighted = view.due_base * max((view.settled_on - view.due_on).days, 0)
+                paid_amount += view.due_base
+                paid_weighted += weighted
+                by_settle.append((view.settled_on, view.invoice_id, view.due_base, weighted))
+        self.issued, self.adjusted, self.credited, self.written_off = issued, adjusted, credited, written_off
+        self.paid_amount, self.paid_weighted = paid_amount, paid_weighted
+        by_issue.sort()
+        by_settle.sort()
+        self.by_issue, self.by_settle = by_issue, by_settle
+        self.min_close = min(alloc.close_dates.values(), default=None)
+        self.orphans = {iid for iid, inv in state.invoices.items() if inv.issue is None}
+        self.held_reversals = set()
+        self.reversed_received = set()
+        self.oldest_due = self.dbt = self.dbt_recent = _UNKNOWN
+        for pid, payment in state.payments.items():
+            if payment.reversal is not None:
+                (self.held_reversals if payment.receipt is None else self.reversed_received).add(pid)
+
+    # --- steps shared by the shortcuts ---------------------------------------------
+
+    def _part(self, source: str, invoice_id: str, take: Decimal) -> None:
+        self.alloc.allocations.setdefault(source, []).append((invoice_id, take))
+        self.sources.setdefault(invoice_id, []).append(source)
+
+    def _close(self, view: InvoiceView, on: date, by_cash: bool) -> None:
+        """``view`` reached zero on ``on``."""
+        self.alloc.close_dates[view.invoice_id] = on
+        del self.open[view.invoice_id]
+        self.oldest_due = _UNKNOWN
+        if self.min_close is None or on < self.min_close:
+            self.min_close = on
+        if by_cash:
+            view.settled_on = on
+            weighted = view.due_base * max((on - view.due_on).days, 0)
+            self.paid_amount += view.due_base
+            self.paid_weighted += weighted
+            insort(self.by_settle, (on, view.invoice_id, view.due_base, weighted))
+            self.dbt = self.dbt_recent = _UNKNOWN
+
+    def oldest_open_due(self) -> date | None:
+        """The earliest due date of an open invoice (kept until the open invoices change)."""
+        oldest = self.oldest_due
+        if oldest is _UNKNOWN:
+            oldest = self.oldest_due = min((view.due_on for view in self.open.values()), default=None)
+        return oldest  # type: ignore[return-value]
+
+    def days_beyond_terms(self, lifetime: Lifetime, as_of: date,
+                          window_days: int) -> tuple[Decimal | None, Decimal | None]:
+        """The position's (``days_beyond_terms``, ``days_beyond_terms_recent``), kept until a settlement."""
+        dbt = self.dbt
+        if dbt is _UNKNOWN:
+            paid_amount = lifetime.paid_amount + self.paid_amount
+            paid_weighted = lifetime.paid_days_late_weighted + self.paid_weighted
+            dbt = self.dbt = (paid_weighted / paid_amount).quantize(TENTH) if paid_amount else None
+        recent = self.dbt_recent
+        if recent is _UNKNOWN or recent[0] != as_of:  # type: ignore[index]
+            amount, weighted = self.recent_sums(as_of - timedelta(days=window_days), as_of)
+            recent = self.dbt_recent = (as_of, (weighted / amount).quantize(TENTH) if amount else None)
+        return dbt, recent[1]  # type: ignore[return-value,index]
+
+    def recent_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal]:
+        """Σ net due and Σ net due × days late of the invoices settled by cash in (window_start, as_of]."""
+        amount = weighted = ZERO
+        by_settle = self.by_settle
+        for index in range(bisect_right(by_settle, window_start, key=_DAY), bisect_right(by_settle, as_of, key=_DAY)):
+            _, _, due, late = by_settle[index]
+            amount += due
+            weighted += late
+        return amount, weighted
+
+
+def _book(state: CustomerState, config: LedgerConfig) -> _Book | None:
+    """The state's book for ``config``, built if there is none; None for another config (or when off)."""
+    book = state.book
+    if book is not None:
+        if book.config is config or book.config == config:
+            return book
+        return None
+    if not INCREMENTAL or any(rate <= 0 for rate in config.fx_rates.values()):
+        return None
+    if any(payment_id.startswith("~credit:") for payment_id in state.payments):
+        return None  # a payment named like a credit note: only the reference tells them apart
+    book = _Book()
+    book.config = config
+    _allocate(state, config, book)
+    state.book = book
+    return book
+
+
+def _book_before(book: _Book, state: CustomerState, event: ev.Event, config: LedgerConfig) -> Any:
+    """What ``_book_after`` needs to know about the state before ``event`` applies; _STALE: rebuild."""
+    if book.config is not config and book.config != config:
+        return _STALE
+    kind = event.type
+    if kind == "invoice.issued":
+        return event.invoice_id not in state.invoices  # type: ignore[attr-defined]
+    if kind == "payment.received":
+        return event.payment_id not in state.payments and not event.payment_id.startswith("~credit:")  # type: ignore[attr-defined]
+    if kind == "payment.reversed":
+        return _STALE
+    return None
+
+
+def _book_after(book: _Book, state: CustomerState, event: ev.Event, fresh: Any) -> bool:
+    """Bring the book up to date with ``event`` (already applied); False when it cannot be done here."""
+    kind = event.type
+    if kind.startswith("customer.") or kind == "payment.promised":
+        return True  # master data and promises move no cash
+    if kind == "payment.received":
+        return fresh and _book_payment(book, state, event)
+    if kind == "invoice.issued":
+        return fresh and _book_invoice(book, state, event)
+    invoice_id = event.invoice_id  # type: ignore[attr-defined]
+    invoice = state.invoices[invoice_id]
+    if invoice.issue is None:
+        book.orphans.add(invoice_id)  # waits for its invoice; moves no cash until then
+        return True
+    if kind == "invoice.disputed":
+        return True
+    return _book_amend(book, state, invoice)
+
+
+def _book_invoice(book: _Book, state: CustomerState, event: ev.Event) -> bool:
+    alloc = book.alloc
+    if alloc.unapplied_base:
+        return False  # waiting cash would go to it
+    invoice = state.invoices[event.invoice_id]  # type: ignore[attr-defined]
+    _, _, amount, currency, issued_on, due_on = invoice.issue  # type: ignore[misc]
+    invoice_id = invoice.invoice_id
+    if book.pass2_max is not None and (due_on, issued_on, invoice_id) < book.pass2_max:
+        return False  # it would take on-account cash from a later invoice
+    for payment_id in alloc.held_payments:
+        if state.payments[payment_id].receipt[5] == invoice_id:  # type: ignore[index]
+            return False
+    fx = book.config.fx_rates[currency]
+    amount_base = amount * fx
+    adjusted_base = invoice.adjusted * fx
+    credited_base = invoice.credited * fx
+    written_off_base = invoice.written_off * fx
+    due = amount_base + adjusted_base - credited_base - written_off_base
+    if due <= 0:
+        return False
+    view = InvoiceView(invoice_id, issued_on, due_on, currency, amount, due, due, None,
+                       amount_base, adjusted_base, credited_base, written_off_base)
+    insort(alloc.invoices, view, key=_vkey)
+    book.views[invoice_id] = view
+    book.open[invoice_id] = view
+    if book.oldest_due is not _UNKNOWN and (book.oldest_due is None or due_on < book.oldest_due):  # type: ignore[operator]
+        book.oldest_due = due_on
+    book.issued += amount_base
+    book.adjusted += adjusted_base
+    book.credited += credited_base
+    book.written_off += written_off_base
+    insort(book.by_issue, (issued_on, invoice_id))
+    return True
+
+
+def _book_payment(book: _Book, state: CustomerState, event: ev.Event) -> bool:
+    payment = state.payments[event.payment_id]  # type: ignore[attr-defined]
+    if not payment.counts:
+        return False
+    _, _, amount, currency, received_on, invoice_id = payment.receipt  # type: ignore[misc]
+    payment_id = payment.payment_id
+    key = (received_on, payment_id)
+    alloc = book.alloc
+    cash = to_base(amount, currency, book.config)
+    if invoice_id is not None:
+        view = book.views.get(invoice_id)
+        if view is None or invoice_id in book.pass2 or not 0 < cash <= view.outstanding_base:
+            return False  # held, or it would move on-account cash, or its excess would go on account
+        last = book.named_last.get(invoice_id)
+        if last is not None and key < last:
+            return False
+        alloc.applied_base += cash
+        book.named_last[invoice_id] = key
+        book.named_by.setdefault(invoice_id, []).append(payment_id)
+        view.outstanding_base -= cash
+        book._part(payment_id, invoice_id, cash)
+        if view.outstanding_base == 0:
+            book._close(view, max(received_on, view.issued_on), True)
+    else:
+        if book.on_account_max is not None and key < book.on_account_max:
+            return False  # it would come before other cash on account
+        alloc.applied_base += cash
+        book.on_account_max = key
+        for view in sorted(book.open.values(), key=_vkey):
+            if cash <= 0:
+                break
+            take = min(cash, view.outstanding_base)
+            view.outstanding_base -= take
+            cash -= take
+            book._part(payment_id, view.invoice_id, take)
+            book.pass2.add(view.invoice_id)
+            view_key = _vkey(view)
+            if book.pass2_max is None or view_key > book.pass2_max:
+                book.pass2_max = view_key
+            if view.outstanding_base == 0:
+                book._close(view, max(received_on, view.issued_on), True)
+        alloc.unapplied_base += cash
+    insort(book.counting, (received_on, payment_id, amount, invoice_id, currency))
+    return True
+
+
+def _book_amend(book: _Book, state: CustomerState, invoice: Invoice) -> bool:
+    """An adjustment, dispute resolution or write-off of an issued invoice."""
+    view = book.views[invoice.invoice_id]
+    fx = book.config.fx_rates[view.currency]
+    adjusted_base = invoice.adjusted * fx
+    credited_base = invoice.credited * fx
+    written_off_base = invoice.written_off * fx
+    due = view.amount_base + adjusted_base - credited_base - written_off_base
+    delta = due - view.due_base
+    if delta == 0:
+        outstanding = view.outstanding_base
+    else:
+        if view.outstanding_base <= 0 or view.invoice_id in book.pass2:
+            return False
+        outstanding = view.outstanding_base + delta  # every payment naming it went in full
+        if outstanding < 0:
+            return False
+        paid = view.due_base - view.outstanding_base
+        if outstanding == 0 and paid and view.invoice_id not in book.named_last:
+            return False
+    book.adjusted += adjusted_base - view.adjusted_base
+    book.credited += credited_base - view.credited_base
+    book.written_off += written_off_base - view.written_off_base
+    view.adjusted_base, view.credited_base, view.written_off_base = adjusted_base, credited_base, written_off_base
+    view.due_base = due
+    if delta != 0:
+        view.outstanding_base = outstanding
+        if outstanding == 0:
+            if view.due_base == 0:
+                book._close(view, view.issued_on, False)  # nothing to pay: closed on its issue day
+            else:
+                book._close(view, max(book.named_last[view.invoice_id][0], view.issued_on), True)
+    return True
 
 
 @dataclass(slots=True)
@@ -629,11 +1005,21 @@ def position(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_C
     key = ("position", as_of, id(config))
     cached = state.memo.get(key)
     if cached is None:
-        cached = state.memo[key] = _position(state, as_of, config)
+        book = _book(state, config)
+        cached = state.memo[key] = _position(state, as_of, config, book, allocate(state, config))
     return cached
 
 
-def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Position:
+def position_reference(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG) -> Position:
+    """The position computed from the facts alone, without any kept index (what tests compare with)."""
+    return _position(state, as_of, config, None, _allocate(state, config))
+
+
+_DAY = itemgetter(0)
+
+
+def _position(state: CustomerState, as_of: date, config: LedgerConfig, book: _Book | None,
+              alloc: Allocation) -> Position:
     profile = state.profile
     currency = profile.currency or config.base_currency
     rate = config.fx_rates.get(currency, Decimal(1))
@@ -641,14 +1027,43 @@ def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Positi
     def shown(base_amount: Decimal) -> Decimal:
         return (base_amount / rate).quantize(CENT)
 
-    alloc = allocate(state, config)
     lifetime = state.lifetime
-    issued = adjusted = credited = written_off = ZERO
-    for view in alloc.invoices:
-        issued += view.amount_base
-        adjusted += view.adjusted_base
-        credited += view.credited_base
-        written_off += view.written_off_base
+    window_start = as_of - timedelta(days=config.dso_window_days)
+    sales_in_window = ZERO
+    paid_amount, paid_weighted = lifetime.paid_amount, lifetime.paid_days_late_weighted
+    recent_amount = recent_weighted = ZERO
+    if book is not None:
+        # The same sums from the kept totals and the invoices in the window only.
+        issued, adjusted, credited, written_off = book.issued, book.adjusted, book.credited, book.written_off
+        paid_amount += book.paid_amount
+        paid_weighted += book.paid_weighted
+        views = book.views
+        by_issue = book.by_issue
+        for index in range(bisect_right(by_issue, window_start, key=_DAY), bisect_right(by_issue, as_of, key=_DAY)):
+            view = views[by_issue[index][1]]
+            sales_in_window += max(view.amount_base + view.adjusted_base - view.credited_base, ZERO)
+        recent_amount, recent_weighted = book.recent_sums(window_start, as_of)
+        open_views = sorted(book.open.values(), key=_vkey) if len(book.open) > 1 else list(book.open.values())
+    else:
+        issued = adjusted = credited = written_off = ZERO
+        open_views = []
+        for view in alloc.invoices:
+            issued += view.amount_base
+            adjusted += view.adjusted_base
+            credited += view.credited_base
+            written_off += view.written_off_base
+            if window_start < view.issued_on <= as_of:
+                # Credit sales: what was invoiced net of credit notes; a write-off is a loss, not a smaller sale.
+                sales_in_window += max(view.amount_base + view.adjusted_base - view.credited_base, ZERO)
+            if view.settled_on is not None and view.due_base > 0:
+                late_days = max((view.settled_on - view.due_on).days, 0)
+                paid_amount += view.due_base
+                paid_weighted += view.due_base * late_days
+                if window_start < view.settled_on <= as_of:
+                    recent_amount += view.due_base
+                    recent_weighted += view.due_base * late_days
+            if view.outstanding_base > 0:
+                open_views.append(view)
     totals_base = {
         "issued": issued + lifetime.issued,
         "adjusted": adjusted + lifetime.adjusted,
@@ -668,28 +1083,14 @@ def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Positi
     open_invoices: list[dict[str, Any]] = []
     open_disputes: list[dict[str, Any]] = []
     disputed_total = ZERO
-    window_start = as_of - timedelta(days=config.dso_window_days)
-    sales_in_window = ZERO
     open_total = ZERO
-    paid_amount, paid_weighted = lifetime.paid_amount, lifetime.paid_days_late_weighted
-    recent_amount = recent_weighted = ZERO
-    for view in alloc.invoices:
-        if window_start < view.issued_on <= as_of:
-            # Credit sales: what was invoiced net of credit notes; a write-off is a loss, not a smaller sale.
-            sales_in_window += max(view.amount_base + view.adjusted_base - view.credited_base, ZERO)
-        if view.settled_on is not None and view.due_base > 0:
-            late_days = max((view.settled_on - view.due_on).days, 0)
-            paid_amount += view.due_base
-            paid_weighted += view.due_base * late_days
-            if window_start < view.settled_on <= as_of:
-                recent_amount += view.due_base
-                recent_weighted += view.due_base * late_days
-        if view.outstanding_base <= 0:
-            continue
+    for view in open_views:
         open_total += view.outstanding_base
         days_past_due = (as_of - view.due_on).days
-        aging_base[bucket_for(days_past_due)] += view.outstanding_base
-        dispute = state.invoices[view.invoice_id].open_dispute()
+        bucket = bucket_for(days_past_due)
+        aging_base[bucket] += view.outstanding_base
+        invoice = state.invoices[view.invoice_id]
+        dispute = invoice.open_dispute() if invoice.disputes else None
         disputed = ZERO
         if dispute is not None:
             _, amount, reason = dispute
@@ -709,26 +1110,32 @@ def _position(state: CustomerState, as_of: date, config: LedgerConfig) -> Positi
                 "amount": view.amount,
                 "outstanding": shown(view.outstanding_base),
                 "days_past_due": max(days_past_due, 0),
-                "bucket": bucket_for(days_past_due),
+                "bucket": bucket,
                 "disputed": shown(disputed),
             }
         )
 
-    pending, broken = promise_status(state, alloc, as_of, config)
+    pending, broken = promise_status(state, alloc, as_of, config, book)
     rating = profile.ratings[-1] if profile.ratings else None
     limit = profile.credit_limit
     exposure = shown(exposure_base)
     held = [f"payment {pid} waits for its invoice" for pid in alloc.held_payments]
-    held += [
-        f"reversal of payment {p.payment_id} waits for the payment"
-        for p in state.payments.values()
-        if p.receipt is None and p.reversal is not None
-    ]
-    held += [
-        f"{_describe_orphan(inv)} for invoice {inv.invoice_id} waits for the invoice"
-        for inv in state.invoices.values()
-        if inv.issue is None
-    ]
+    if book is not None:
+        held += [f"reversal of payment {pid} waits for the payment" for pid in book.held_reversals]
+        held += [
+            f"{_describe_orphan(state.invoices[iid])} for invoice {iid} waits for the invoice" for iid in book.orphans
+        ]
+    else:
+        held += [
+            f"reversal of payment {p.payment_id} waits for the payment"
+            for p in state.payments.values()
+            if p.receipt is None and p.reversal is not None
+        ]
+        held += [
+            f"{_describe_orphan(inv)} for invoice {inv.invoice_id} waits for the invoice"
+            for inv in state.invoices.values()
+            if inv.issue is None
+        ]
     dso = None
     if sales_in_window > 0:
         dso = (max(exposure_base, ZERO) / sales_in_window * config.dso_window_days).quantize(Decimal("0.1"))
@@ -777,16 +1184,19 @@ def _describe_orphan(invoice: Invoice) -> str:
 
 
 def promise_status(
-    state: CustomerState, alloc: Allocation, as_of: date, config: LedgerConfig
+    state: CustomerState, alloc: Allocation, as_of: date, config: LedgerConfig, book: _Book | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     pending: list[dict[str, Any]] = []
     broken: list[dict[str, Any]] = []
     if not state.promises:
         return pending, broken
-    views = {view.invoice_id: view for view in alloc.invoices}
+    if book is None:
+        book = _current_book(state, config, alloc)
+    views = book.views if book is not None else {view.invoice_id: view for view in alloc.invoices}
+    counting = book.counting if book is not None else None
     for promise in sorted(state.promises.values(), key=lambda p: (p.promised_on, p.event_id)):
         deadline = promise.promised_on + timedelta(days=config.promise_grace_days)
-        if _promise_kept(state, views, promise, deadline):
+        if _promise_kept(state, views, promise, deadline, counting):
             continue
         entry = {
             "event_id": promise.event_id,
@@ -798,12 +1208,22 @@ def promise_status(
     return pending, broken
 
 
-def _promise_kept(state: CustomerState, views: dict[str, InvoiceView], promise: Promise, deadline: date) -> bool:
+def _promise_kept(state: CustomerState, views: dict[str, InvoiceView], promise: Promise, deadline: date,
+                  counting: list[tuple[date, str, Decimal, str | None, str]] | None = None) -> bool:
     if promise.invoice_id is not None:
         view = views.get(promise.invoice_id)
         if view is not None and view.outstanding_base <= 0 and (view.settled_on is None or view.settled_on <= deadline):
             return True
     paid = ZERO
+    if counting is not None:
+        # The payments that count, by day of receipt: only those between the promise and its deadline.
+        for index in range(bisect_left(counting, promise.made_on, key=_DAY), len(counting)):
+            received_on, _, amount, invoice_id, _ = counting[index]
+            if received_on > deadline:
+                break
+            if promise.invoice_id is None or invoice_id in (None, promise.invoice_id):
+                paid += amount
+        return paid >= promise.amount
     for payment in state.payments.values():
         if not payment.counts:
             continue
@@ -813,6 +1233,271 @@ def _promise_kept(state: CustomerState, views: dict[str, InvoiceView], promise: 
         if promise.invoice_id is None or invoice_id in (None, promise.invoice_id):
             paid += amount
     return paid >= promise.amount
+
+
+# --- cheap figures -------------------------------------------------------------
+
+
+def _current_book(state: CustomerState, config: LedgerConfig, alloc: Allocation | None = None) -> _Book | None:
+    """The state's book if it is there for ``config`` (and holds ``alloc``); never builds one."""
+    book = state.book
+    if book is None or not (book.config is config or book.config == config):
+        return None
+    if alloc is not None and book.alloc is not alloc:
+        return None
+    return book
+
+
+def open_views(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> list[InvoiceView]:
+    """The issued invoices with something outstanding, in no particular order (read-only)."""
+    book = _book(state, config)
+    if book is not None:
+        return list(book.open.values())
+    return [view for view in allocate(state, config).invoices if view.outstanding_base > 0]
+
+
+def views_in_order(state: CustomerState, config: LedgerConfig, also: Iterable[str] = ()) -> list[InvoiceView]:
+    """The open invoices and those named in ``also``, in the allocation's order (read-only).
+
+    Equal to ``allocate(...).invoices`` filtered to those; without looking at the other invoices.
+    """
+    book = _book(state, config)
+    if book is None:
+        wanted = set(also)
+        return [view for view in allocate(state, config).invoices
+                if view.outstanding_base > 0 or view.invoice_id in wanted]
+    picked = dict(book.open)
+    views = book.views
+    for invoice_id in also:
+        view = views.get(invoice_id)
+        if view is not None:
+            picked[invoice_id] = view
+    return sorted(picked.values(), key=_vkey)
+
+
+def cash_on_account(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> bool:
+    """Does any cash wait, or settle invoices in the oldest-first pool, instead of its own invoice?
+
+    True for held or unapplied cash, credit notes used as cash, cash without an
+    invoice, and the excess of an over-payment.
+    """
+    alloc = allocate(state, config)
+    if alloc.unapplied_base or alloc.held_payments:
+        return True
+    book = _current_book(state, config, alloc)
+    if book is not None:
+        return bool(book.pass2)
+    payments = state.payments
+    for source, parts in alloc.allocations.items():
+        payment = payments.get(source)
+        if payment is None or payment.receipt is None:
+            return True  # credit notes used as cash
+        named = payment.receipt[5]
+        if named is None or any(invoice_id != named for invoice_id, _ in parts):
+            return True
+    return False
+
+
+def settled_count(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG) -> int:
+    """Retained invoices settled by cash on or before ``as_of``."""
+    book = _book(state, config)
+    if book is not None:
+        return bisect_right(book.by_settle, as_of, key=_DAY)
+    return sum(1 for view in allocate(state, config).invoices if view.settled_on is not None and view.settled_on <= as_of)
+
+
+def figures(state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG) -> Figures:
+    """The cheap figures of the position on ``as_of`` (memoized per state revision and day, like ``position``)."""
+    key = ("figures", as_of, id(config))
+    cached = state.memo.get(key)
+    if cached is None:
+        cached = state.memo[key] = Figures(state, as_of, config)
+    return cached
+
+
+class Figures:
+    """The cheap parts of ``position(state, as_of, config)``, each worked out only when read.
+
+    Every attribute equals the position's field of the same name (or says
+    something exact about it), but costs O(1), O(open invoices) or O(invoices
+    in the DSO window) instead of a whole position. Detectors read these
+    first and build the position only when they have something to report.
+    Without a kept allocation (another config, or the shortcuts off) they are
+    read from the position itself.
+    """
+
+    __slots__ = ("state", "as_of", "config", "_book", "_position", "_exposure_base", "_exposure", "_open", "_broken")
+
+    def __init__(self, state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG):
+        self.state, self.as_of, self.config = state, as_of, config
+        self._book = _book(state, config)
+        self._position: Position | None = None if self._book is not None else position(state, as_of, config)
+        self._exposure_base: Decimal | None = None
+        self._exposure: Decimal | None = None
+        self._open: list[InvoiceView] | None = None
+        self._broken: list[dict[str, Any]] | None = None
+
+    @property
+    def currency(self) -> str:
+        return self.state.profile.currency or self.config.base_currency
+
+    @property
+    def credit_limit(self) -> Decimal | None:
+        return self.state.profile.credit_limit
+
+    @property
+    def insured_limit(self) -> Decimal | None:
+        return self.state.profile.insured_limit
+
+    def _shown(self, base_amount: Decimal) -> Decimal:
+        return (base_amount / self.config.fx_rates.get(self.currency, Decimal(1))).quantize(CENT)
+
+    @property
+    def exposure(self) -> Decimal:
+        if self._position is not None:
+            return self._position.exposure
+        if self._exposure is None:
+            book, lifetime = self._book, self.state.lifetime
+            exposure_base = (
+                (book.issued + lifetime.issued)  # type: ignore[union-attr]
+                + (book.adjusted + lifetime.adjusted)  # type: ignore[union-attr]
+                - (book.alloc.applied_base + lifetime.settled)  # type: ignore[union-attr]
+                - (book.credited + lifetime.credited)  # type: ignore[union-attr]
+                - (book.written_off + lifetime.written_off)  # type: ignore[union-attr]
+            )
+            self._exposure = self._shown(exposure_base)
+        return self._exposure
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        if self._position is not None:
+            return self._position.utilisation
+        limit = self.credit_limit
+        return (self.exposure / limit).quantize(Decimal("0.0001")) if limit else None
+
+    def _views(self) -> list[InvoiceView]:
+        if self._open is None:
+            self._open = list(self._book.open.values())  # type: ignore[union-attr]
+        return self._open
+
+    @property
+    def max_days_past_due(self) -> int:
+        """The most days past due of an open invoice (0 when none is past due)."""
+        if self._position is not None:
+            return max((inv["days_past_due"] for inv in self._position.open_invoices), default=0)
+        oldest = self._book.oldest_open_due()  # type: ignore[union-attr]
+        return 0 if oldest is None else max((self.as_of - oldest).days, 0)
+
+    @property
+    def open_invoices(self) -> list[dict[str, Any]]:
+        """The position's ``open_invoices`` with ``invoice_id``, ``days_past_due`` and ``outstanding`` only."""
+        if self._position is not None:
+            return self._position.open_invoices
+        as_of, shown = self.as_of, self._shown
+        return [
+            {"invoice_id": view.invoice_id, "days_past_due": max((as_of - view.due_on).days, 0),
+             "outstanding": shown(view.outstanding_base)}
+            for view in sorted(self._views(), key=_vkey)
+        ]
+
+    @property
+    def aging(self) -> dict[str, Decimal]:
+        """The position's ``aging``."""
+        if self._position is not None:
+            return self._position.aging
+        aging_base = {bucket: ZERO for bucket in AGING_BUCKETS}
+        as_of = self.as_of
+        for view in sorted(self._views(), key=_vkey):
+            aging_base[bucket_for((as_of - view.due_on).days)] += view.outstanding_base
+        shown = self._shown
+        return {bucket: shown(amount) for bucket, amount in aging_base.items()}
+
+    @property
+    def promises_broken(self) -> list[dict[str, Any]]:
+        """The position's ``promises_broken`` (the ledger's rule, without the rest of the position)."""
+        if self._position is not None:
+            return self._position.promises_broken
+        if self._broken is None:
+            book = self._book
+            self._broken = promise_status(self.state, book.alloc, self.as_of, self.config, book)[1]  # type: ignore[union-attr]
+        return self._broken
+
+    def is_open(self, invoice_id: str) -> bool:
+        """Is ``invoice_id`` among the position's ``open_invoices``?"""
+        if self._position is not None:
+            return any(inv["invoice_id"] == invoice_id for inv in self._position.open_invoices)
+        return invoice_id in self._book.open  # type: ignore[union-attr]
+
+    def cash_received_since(self, day: date) -> Iterator[tuple[Decimal, str, str | None]]:
+        """(amount, currency, invoice id named) of each payment that counts, received on or after ``day``."""
+        book = self._book
+        if book is None:
+            for payment in self.state.payments.values():
+                if payment.counts and payment.receipt[4] >= day:  # type: ignore[index]
+                    yield payment.receipt[2], payment.receipt[3], payment.receipt[5]  # type: ignore[index]
+            return
+        counting = book.counting
+        for index in range(bisect_left(counting, day, key=_DAY), len(counting)):
+            _, _, amount, invoice_id, currency = counting[index]
+            yield amount, currency, invoice_id
+
+    def disputes(self) -> tuple[list[dict[str, Any]], Decimal]:
+        """The position's ``open_disputes`` and ``disputed_amount``."""
+        if self._position is not None:
+            return self._position.open_disputes, self._position.disputed_amount
+        invoices, config, shown = self.state.invoices, self.config, self._shown
+        open_disputes: list[dict[str, Any]] = []
+        disputed_total = ZERO
+        for view in sorted(self._views(), key=_vkey):
+            invoice = invoices[view.invoice_id]
+            dispute = invoice.open_dispute() if invoice.disputes else None
+            if dispute is not None:
+                _, amount, reason = dispute
+                disputed = view.outstanding_base if amount is None else min(
+                    to_base(amount, view.currency, config), view.outstanding_base
+                )
+                disputed_total += disputed
+                open_disputes.append(
+                    {"invoice_id": view.invoice_id, "amount": shown(disputed), "reason": reason, "opened_at": dispute[0]}
+                )
+        return open_disputes, shown(disputed_total)
+
+    def outstanding_past(self, days: int) -> Decimal:
+        """Σ of the open invoices' ``outstanding`` (as shown) more than ``days`` past due."""
+        if self._position is not None:
+            return sum((inv["outstanding"] for inv in self._position.open_invoices if inv["days_past_due"] > days),
+                       Decimal(0))
+        as_of, shown = self.as_of, self._shown
+        return sum((shown(view.outstanding_base) for view in self._views() if (as_of - view.due_on).days > days),
+                   Decimal(0))
+
+    @property
+    def any_open_dispute(self) -> bool:
+        """Is any open invoice in dispute (``open_disputes`` not empty)?"""
+        if self._position is not None:
+            return bool(self._position.open_disputes)
+        invoices = self.state.invoices
+        for view in self._views():
+            invoice = invoices[view.invoice_id]
+            if invoice.disputes and invoice.open_dispute() is not None:
+                return True
+        return False
+
+    @property
+    def promise_deadline_passed(self) -> bool:
+        """Has the deadline of any promise passed? (Without one, ``promises_broken`` is empty.)"""
+        if self._position is not None:
+            return bool(self._position.promises_broken)
+        grace = timedelta(days=self.config.promise_grace_days)
+        as_of = self.as_of
+        return any(as_of > promise.promised_on + grace for promise in self.state.promises.values())
+
+    def days_beyond_terms(self) -> tuple[Decimal | None, Decimal | None]:
+        """(``days_beyond_terms``, ``days_beyond_terms_recent``)."""
+        if self._position is not None:
+            return self._position.days_beyond_terms, self._position.days_beyond_terms_recent
+        return self._book.days_beyond_terms(self.state.lifetime, self.as_of,  # type: ignore[union-attr]
+                                            self.config.dso_window_days)
 
 
 # --- retention ---------------------------------------------------------------
@@ -828,37 +1513,26 @@ def compact(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> None
     if not state.watermark:
         return
     cutoff = datetime.fromisoformat(state.watermark).date() - timedelta(days=config.retention_days)
-    alloc = allocate(state, config)
+    book = _book(state, config)
+    if book is not None:
+        if book.min_close is None or book.min_close >= cutoff:
+            return  # nothing closed long enough ago (the common case, without looking at any invoice)
+        alloc = book.alloc
+    else:
+        alloc = allocate(state, config)
     candidates = {
         invoice_id for invoice_id, closed_on in alloc.close_dates.items() if closed_on < cutoff
     }
     if not candidates:
         return
-    # A payment may go only if all its cash went to candidates and it was fully used.
-    retire_payments: set[str] = set()
-    blocked_invoices: set[str] = set()
-    for payment in state.payments.values():
-        if payment.receipt is None:
-            continue
-        received_on = payment.receipt[4]
-        parts = alloc.allocations.get(payment.payment_id, [])
-        used = sum((amount for _, amount in parts), ZERO)
-        cash = to_base(payment.receipt[2], payment.receipt[3], config) if payment.counts else ZERO
-        fully_used = payment.counts and used == cash
-        reversed_long_ago = payment.reversal is not None and payment.reversal[0][:10] < cutoff.isoformat()
-        all_to_candidates = all(invoice_id in candidates for invoice_id, _ in parts)
-        if received_on < cutoff and all_to_candidates and (fully_used or reversed_long_ago and not parts):
-            retire_payments.add(payment.payment_id)
-        else:
-            blocked_invoices.update(invoice_id for invoice_id, _ in parts)
-    # Credit notes used as cash on account tie invoices together too.
-    for source, parts in alloc.allocations.items():
-        if source.startswith("~credit:") and source[8:] not in candidates:
-            blocked_invoices.update(invoice_id for invoice_id, _ in parts)
+    if book is not None:
+        retire_payments, blocked_invoices = _retirees_near(state, book, candidates, cutoff, config)
+    else:
+        retire_payments, blocked_invoices = _retirees(state, alloc, candidates, cutoff, config)
     retire_invoices = candidates - blocked_invoices
     if not retire_invoices:
         return
-    views = {view.invoice_id: view for view in alloc.invoices}
+    views = book.views if book is not None else {view.invoice_id: view for view in alloc.invoices}
     lifetime = state.lifetime
     state.memo.clear()
     for invoice_id in retire_invoices:
@@ -875,8 +1549,9 @@ def compact(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> None
             lifetime.paid_amount += view.due_base
             lifetime.paid_days_late_weighted += view.due_base * late_days
             lifetime.late_invoices += late_days > 0
+    retired: dict[str, Payment] = {}
     for payment_id in retire_payments:
-        payment = state.payments.pop(payment_id)
+        payment = retired[payment_id] = state.payments.pop(payment_id)
         if payment.counts:
             lifetime.settled += to_base(payment.receipt[2], payment.receipt[3], config)  # type: ignore[index]
     for event_id, promise in list(state.promises.items()):
@@ -892,6 +1567,130 @@ def compact(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> None
             else:
                 lifetime.promises_kept += 1
             del state.promises[event_id]
+    if book is not None and not _book_retire(book, retire_invoices, retired, config):
+        state.book = None
+
+
+def _retire_or_block(payment: Payment, parts: list[tuple[str, Decimal]], candidates: set[str], cutoff: date,
+                     config: LedgerConfig, retire_payments: set[str], blocked_invoices: set[str]) -> None:
+    """A payment may go only if all its cash went to candidates and it was fully used."""
+    received_on = payment.receipt[4]  # type: ignore[index]
+    used = sum((amount for _, amount in parts), ZERO)
+    cash = to_base(payment.receipt[2], payment.receipt[3], config) if payment.counts else ZERO  # type: ignore[index]
+    fully_used = payment.counts and used == cash
+    reversed_long_ago = payment.reversal is not None and payment.reversal[0][:10] < cutoff.isoformat()
+    all_to_candidates = all(invoice_id in candidates for invoice_id, _ in parts)
+    if received_on < cutoff and all_to_candidates and (fully_used or reversed_long_ago and not parts):
+        retire_payments.add(payment.payment_id)
+    else:
+        blocked_invoices.update(invoice_id for invoice_id, _ in parts)
+
+
+def _retirees(state: CustomerState, alloc: Allocation, candidates: set[str], cutoff: date,
+              config: LedgerConfig) -> tuple[set[str], set[str]]:
+    """The payments that go with the candidates, and the candidates that must stay (from all the facts)."""
+    retire_payments: set[str] = set()
+    blocked_invoices: set[str] = set()
+    for payment in state.payments.values():
+        if payment.receipt is None:
+            continue
+        _retire_or_block(payment, alloc.allocations.get(payment.payment_id, []), candidates, cutoff, config,
+                         retire_payments, blocked_invoices)
+    # Credit notes used as cash on account tie invoices together too.
+    for source, parts in alloc.allocations.items():
+        if source.startswith("~credit:") and source[8:] not in candidates:
+            blocked_invoices.update(invoice_id for invoice_id, _ in parts)
+    return retire_payments, blocked_invoices
+
+
+def _retirees_near(state: CustomerState, book: _Book, candidates: set[str], cutoff: date,
+                   config: LedgerConfig) -> tuple[set[str], set[str]]:
+    """What ``_retirees`` finds, looking only at the cash that went to the candidates.
+
+    A payment with no cash on a candidate can only block invoices that are no
+    candidates (or, settling nothing, stay unless it was reversed), so the
+    sources of the candidates and the reversed payments decide everything.
+    """
+    allocations = book.alloc.allocations
+    retire_payments: set[str] = set()
+    blocked_invoices: set[str] = set()
+    looked: set[str] = set()
+    for invoice_id in candidates:
+        for source in book.sources.get(invoice_id, ()):
+            if source in looked:
+                continue
+            looked.add(source)
+            parts = allocations[source]
+            if source.startswith("~credit:"):
+                if source[8:] not in candidates:
+                    blocked_invoices.update(target for target, _ in parts)
+                continue
+            _retire_or_block(state.payments[source], parts, candidates, cutoff, config, retire_payments,
+                             blocked_invoices)
+    for payment_id in book.reversed_received:
+        if payment_id not in looked:
+            _retire_or_block(state.payments[payment_id], allocations.get(payment_id, []), candidates, cutoff, config,
+                             retire_payments, blocked_invoices)
+    return retire_payments, blocked_invoices
+
+
+def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], config: LedgerConfig) -> bool:
+    """Take a retired group out of the book; False unless the rest settles exactly as before.
+
+    That holds when no cash crosses the group's border: the retired invoices
+    were settled only by retired payments and credit notes, those settled
+    nothing else, and no remaining payment names a retired invoice.
+    """
+    alloc = book.alloc
+    allocations = alloc.allocations
+    for invoice_id in invoices:
+        for source in book.sources.get(invoice_id, ()):
+            if source not in payments and not (source.startswith("~credit:") and source[8:] in invoices):
+                return False
+        for payment_id in book.named_by.get(invoice_id, ()):
+            if payment_id not in payments:
+                return False
+        for target, _ in allocations.get(f"~credit:{invoice_id}", ()):
+            if target not in invoices:
+                return False
+    for payment_id in payments:
+        for target, _ in allocations.get(payment_id, ()):
+            if target not in invoices:
+                return False
+    views = book.views
+    recompute_max = False
+    for invoice_id in invoices:
+        view = views.pop(invoice_id)
+        book.open.pop(invoice_id, None)
+        del alloc.close_dates[invoice_id]
+        book.named_last.pop(invoice_id, None)
+        book.named_by.pop(invoice_id, None)
+        book.sources.pop(invoice_id, None)
+        allocations.pop(f"~credit:{invoice_id}", None)
+        if invoice_id in book.pass2:
+            book.pass2.discard(invoice_id)
+            recompute_max = recompute_max or (book.pass2_max is not None and book.pass2_max[2] == invoice_id)
+        book.issued -= view.amount_base
+        book.adjusted -= view.adjusted_base
+        book.credited -= view.credited_base
+        book.written_off -= view.written_off_base
+        if view.settled_on is not None and view.due_base > 0:
+            book.paid_amount -= view.due_base
+            book.paid_weighted -= view.due_base * max((view.settled_on - view.due_on).days, 0)
+    for payment_id, payment in payments.items():
+        allocations.pop(payment_id, None)
+        book.reversed_received.discard(payment_id)
+        if payment.counts:
+            alloc.applied_base -= to_base(payment.receipt[2], payment.receipt[3], config)  # type: ignore[index]
+    alloc.invoices[:] = [view for view in alloc.invoices if view.invoice_id not in invoices]
+    book.by_issue[:] = [item for item in book.by_issue if item[1] not in invoices]
+    book.by_settle[:] = [item for item in book.by_settle if item[1] not in invoices]
+    book.counting[:] = [item for item in book.counting if item[1] not in payments]
+    book.min_close = min(alloc.close_dates.values(), default=None)
+    book.oldest_due = book.dbt = book.dbt_recent = _UNKNOWN
+    if recompute_max:
+        book.pass2_max = max((_vkey(views[iid]) for iid in book.pass2), default=None)
+    return True
 
 
 # --- serialization -------------------------------------------------------------

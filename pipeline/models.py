@@ -99,7 +99,17 @@ from river import linear_model, metrics, optim
 from detectors.base import ModelSignals
 from pipeline.config import LedgerConfig
 from pipeline.events import Event, InvalidEvent, parse_event, validate_event
-from pipeline.ledger import DEFAULT_CONFIG, Allocation, LedgerRejected, allocate, apply, new_state, to_base
+from pipeline.ledger import (
+    DEFAULT_CONFIG,
+    Allocation,
+    LedgerRejected,
+    allocate,
+    apply,
+    cash_on_account,
+    new_state,
+    to_base,
+    views_in_order,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from detectors.config import ModelOptions
@@ -410,6 +420,25 @@ class OnlineModels:
         self._finish(record, m, today, signals, None)
         return signals
 
+    def first_wake(self, record: CustomerRecord, t: int) -> int:
+        """The ordinal of the earliest of :meth:`wake_dates` after day ``t`` (an ordinal); 0 for none."""
+        m = record.risk.models
+        if not m:
+            return 0
+        best = 0
+        late_days = self.late_days + 1
+        for entry in m["o"].values():
+            due = entry[1]
+            for day in ((due + late_days, due + 1, due + OVERDUE_FULL_DAYS + 1) if entry[3] == 0
+                        else (due + 1, due + OVERDUE_FULL_DAYS + 1)):
+                if t < day and (not best or day < best):
+                    best = day
+        if m.get("dd"):
+            day = m["dd"][0] + DRIFT_ACTIVE_DAYS + 1
+            if t < day and (not best or day < best):
+                best = day
+        return best
+
     def wake_dates(self, record: CustomerRecord, today: date) -> Iterable[date]:
         m = record.risk.models
         if not m:
@@ -581,7 +610,10 @@ class OnlineModels:
         open_entries: dict[str, list[Any]] = m["o"]
         drift = None
         seen: set[str] = set()
-        for view in alloc.invoices:
+        # The allocation's invoices in its order; closed ones without an entry change nothing, so only the
+        # open ones and those with an entry are looked at (all of them in exact mode).
+        views = alloc.invoices if self.exact else views_in_order(record.ledger, self.ledger_config, open_entries)
+        for view in views:
             invoice_id = view.invoice_id
             if invoice_id == skip:
                 continue
@@ -605,7 +637,10 @@ class OnlineModels:
                 self._label(m, entry, 1, "written_off")
         for invoice_id in [iid for iid in open_entries if iid not in seen and iid != skip]:
             del open_entries[invoice_id]  # no longer in the ledger (retired, or its issue replaced)
-        m["c"] = int(self._no_cash_on_account(record, alloc))
+        if self.exact:
+            m["c"] = int(self._no_cash_on_account(record, alloc))
+        else:
+            m["c"] = int(not cash_on_account(record.ledger, self.ledger_config))
         return drift
 
     @staticmethod
@@ -724,11 +759,14 @@ class OnlineModels:
         cached = m.get("bp")
         if cached is not None and cached[1] == today.toordinal() and not moved:
             return cached[0]
-        from pipeline.ledger import promise_status  # the ledger's own rule for a kept promise
+        from pipeline.ledger import figures, promise_status  # the ledger's own rule for a kept promise
 
-        if alloc is None:
-            alloc = allocate(record.ledger, self.ledger_config)
-        _, broken = promise_status(record.ledger, alloc, today, self.ledger_config)
+        if self.exact:
+            if alloc is None:
+                alloc = allocate(record.ledger, self.ledger_config)
+            _, broken = promise_status(record.ledger, alloc, today, self.ledger_config)
+        else:  # the same rule, worked out once for the models and the broken_promise detector
+            broken = figures(record.ledger, today, self.ledger_config).promises_broken
         m["bp"] = [len(broken), today.toordinal()]
         return len(broken)
 
@@ -794,8 +832,9 @@ def replay(models: OnlineModels, events: Iterable[Event], engine: Any = None) ->
     def schedule(record: CustomerRecord, today: date) -> None:
         if engine is not None:
             wake = engine.next_wake(record, today)
-        else:
-            wake = min(models.wake_dates(record, today), default=None)
+        else:  # the first of models.wake_dates(record, today)
+            first = models.first_wake(record, today.toordinal())
+            wake = date.fromordinal(first) if first else None
         customer_id = record.customer_id
         if wake is None:
             scheduled.pop(customer_id, None)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money
-from detectors.rules._common import dec, in_limit_currency, stamp_day
+from detectors.rules._common import dec, figures, in_limit_currency, stamp_day
 from pipeline.ledger import DEFAULT_CONFIG, allocate
 
 FOLLOW_UPS = frozenset({"invoice.issued", "payment.received", "tick"})
@@ -71,6 +71,8 @@ class ChangeFollowUp(Detector):
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
         opts = self.options
         changes = self.changes(ctx)
+        if not changes:
+            return [], {}  # no change on record: no anchor, as below
         window = timedelta(days=opts.window_days)
         # The earliest change whose window is still open; a change arriving long after the fact stands alone.
         live = [c for c in changes if c.day <= ctx.today <= c.day + window]
@@ -124,7 +126,7 @@ class ChangeFollowUp(Detector):
     def _unusual_invoices(self, ctx: DetectionContext, anchor: Change, anomalous: dict[str, float]) -> list[Reason]:
         opts = self.options
         end = anchor.day + timedelta(days=opts.window_days)
-        currency = ctx.position.currency
+        currency = figures(ctx).currency
         before: list[tuple[date, str, Decimal]] = []
         after: list[tuple[date, str, Decimal]] = []
         for invoice in ctx.ledger.invoices.values():

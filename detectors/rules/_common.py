@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from detectors.base import DetectionContext
 from pipeline.events import EVENT_TYPES
-from pipeline.ledger import DEFAULT_CONFIG
+from pipeline.ledger import DEFAULT_CONFIG, Figures
+from pipeline.ledger import figures as ledger_figures
 
 #: Every input event type plus the clock.
 ALL_TRIGGERS = frozenset(EVENT_TYPES) | {"tick"}
@@ -46,3 +48,19 @@ def round_to(amount: Decimal, step: float, how: str = "nearest") -> Decimal:
         return amount
     mode = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_UP}[how]
     return (amount / unit).quantize(Decimal(1), rounding=mode) * unit
+
+
+#: (context, ledger revision, figures) of the last call: the detectors of one evaluation share a context.
+_last: tuple[Any, int, Any] = (None, -1, None)
+
+
+def figures(ctx: DetectionContext) -> Figures:
+    """The cheap parts of ``ctx.position`` (see ``pipeline.ledger.Figures``): read these to decide
+    whether there is anything to report before building the whole position."""
+    global _last
+    last = _last
+    if last[0] is ctx and last[1] == ctx.ledger.events_applied:
+        return last[2]
+    found = ledger_figures(ctx.ledger, ctx.today, ctx.ledger_config or DEFAULT_CONFIG)
+    _last = (ctx, ctx.ledger.events_applied, found)
+    return found

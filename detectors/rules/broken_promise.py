@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
-from detectors.rules._common import in_limit_currency
+from detectors.rules._common import figures, in_limit_currency
 
 #: The clock (a promise date passing) and everything that settles or unsettles invoices.
 PROMISE_CHANGES = frozenset({
@@ -56,7 +56,9 @@ class BrokenPromise(Detector):
     options: BrokenPromiseOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
+        if not ctx.ledger.promises or not figures(ctx).promise_deadline_passed:
+            return [], memory  # no promise, or none whose day has passed: none can be broken
+        pos = figures(ctx)  # broken promises, open invoices, limit and currency: no whole position needed
         if not pos.promises_broken:
             return [], memory
         opts = self.options
@@ -100,17 +102,14 @@ class BrokenPromise(Detector):
     def _still_unpaid(ctx: DetectionContext, promise: dict[str, Any]) -> bool:
         """Broken and not made good since: its invoice is still open and the promised cash has not come."""
         invoice_id = promise["invoice_id"]
+        quick = figures(ctx)
         if invoice_id is not None:
             invoice = ctx.ledger.invoices.get(invoice_id)
-            if invoice is not None and invoice.issued and not any(
-                    inv["invoice_id"] == invoice_id for inv in ctx.position.open_invoices):
+            if invoice is not None and invoice.issued and not quick.is_open(invoice_id):
                 return False  # settled (late) or credited
         made = ctx.ledger.promises[promise["event_id"]].made_on
         paid = Decimal(0)
-        for payment in ctx.ledger.payments.values():
-            if not payment.counts:
-                continue
-            _, _, amount, currency, received_on, paid_invoice = payment.receipt  # type: ignore[misc]
-            if received_on >= made and (invoice_id is None or paid_invoice in (None, invoice_id)):
+        for amount, currency, paid_invoice in quick.cash_received_since(made):  # the payments that count
+            if invoice_id is None or paid_invoice in (None, invoice_id):
                 paid += in_limit_currency(ctx, amount, currency)
         return paid < promise["amount"]

@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
+from detectors.rules._common import figures
 
 EXPOSURE_CHANGES = frozenset({
     "customer.registered", "customer.credit_limit_changed", "invoice.issued", "invoice.adjusted",
@@ -45,7 +46,7 @@ class CreditLimit(Detector):
     options: CreditLimitOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
+        pos = figures(ctx)  # exposure, limit and currency only: no whole position needed
         limit = pos.credit_limit
         if limit is None or pos.exposure <= 0:
             return [], memory

@@ -1,22 +1,53 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any
 
 from pydantic import Field
 
 from detectors.base import SEVERITY_RANK, DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
-from detectors.rules._common import dec, round_to, stamp_day
+from detectors.rules._common import dec, figures, round_to, stamp_day
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 from detectors.rules.rating_downgrade import RatingDowngrade, previous_rating
-from pipeline.ledger import DEFAULT_CONFIG, allocate
+from pipeline.ledger import DEFAULT_CONFIG, settled_count
 
 REVIEW_CHANGES = EXPOSURE_CHANGES | {
     "tick", "customer.rating_changed", "customer.insurance_limit_changed", "customer.legal_event",
     "customer.terms_changed", "payment.promised",
 }
 _INSOLVENCY = ("insolvency_filing", "liquidation")
+#: Judges downgrades with its default options (it keeps no state).
+_JUDGE = RatingDowngrade()
+
+
+@lru_cache(maxsize=4096)
+def _downgrades(ratings: tuple) -> list[tuple[date, Reason]]:
+    """(day, reason) of each agency's latest rating that is a downgrade of warning level or worse, in the
+    ratings' order: the first one within the lookback is the review's rating signal. Remembered, as a pure
+    function of the ratings (treat the list as read-only)."""
+    found = []
+    latest_by_agency: dict[str, int] = {}
+    for index, rating in enumerate(ratings):
+        latest_by_agency[rating[2].strip().casefold()] = index
+    for index in sorted(latest_by_agency.values()):
+        current = ratings[index]
+        previous = previous_rating(ratings, index)
+        severity, reasons = _assess(previous, current)
+        if severity is not None and SEVERITY_RANK[severity] >= SEVERITY_RANK["warning"]:
+            was = f" from {previous[3]}" if previous is not None else ""
+            found.append((stamp_day(current[0]), Reason(
+                "rating_downgrade",
+                f"{current[2]} rated the customer {current[3]}{was} on {stamp_day(current[0]).isoformat()} "
+                f"({reasons[0].message})")))
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _assess(previous: Any, current: Any) -> tuple[str | None, list[Reason]]:
+    """``RatingDowngrade().assess``, remembered: a pure function of two ratings (treat the reasons as read-only)."""
+    return _JUDGE.assess(previous, current)
 
 
 class CreditLimitReviewOptions(DetectorOptions):
@@ -90,7 +121,7 @@ class CreditLimitReview(Detector):
     options: CreditLimitReviewOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
+        pos = figures(ctx)  # limits, exposure, overdue and days beyond terms; the whole position only to raise
         limit = pos.credit_limit
         if limit is None:
             return [], memory
@@ -147,23 +178,23 @@ class CreditLimitReview(Detector):
 
     def _risk_signals(self, ctx: DetectionContext) -> list[Reason]:
         opts = self.options
-        pos = ctx.position
+        pos = figures(ctx)
         signals: list[Reason] = []
-        if pos.exposure > 0:
-            late = sum((inv["outstanding"] for inv in pos.open_invoices if inv["days_past_due"] > opts.overdue_days),
-                       Decimal(0))
+        if pos.exposure > 0 and pos.max_days_past_due > opts.overdue_days:
+            late = pos.outstanding_past(opts.overdue_days)
             share = float(late / pos.exposure)
             if late > 0 and share >= opts.overdue_share:
                 signals.append(Reason("overdue_share",
                                       f"{money(late, pos.currency)} ({pct(share)} of the exposure) is more than "
                                       f"{opts.overdue_days} days past due (signal from {pct(opts.overdue_share)})",
                                       round(share, 4), opts.overdue_share))
-        if pos.days_beyond_terms is not None and pos.days_beyond_terms_recent is not None:
-            rise = float(pos.days_beyond_terms_recent - pos.days_beyond_terms)
+        days_beyond_terms, days_beyond_terms_recent = pos.days_beyond_terms()
+        if days_beyond_terms is not None and days_beyond_terms_recent is not None:
+            rise = float(days_beyond_terms_recent - days_beyond_terms)
             if rise >= opts.dbt_rise_days:
                 signals.append(Reason("paying_slower",
-                                      f"recently paid {float(pos.days_beyond_terms_recent):.0f} days beyond terms against "
-                                      f"{float(pos.days_beyond_terms):.0f} on average ({rise:.0f} days slower; signal "
+                                      f"recently paid {float(days_beyond_terms_recent):.0f} days beyond terms against "
+                                      f"{float(days_beyond_terms):.0f} on average ({rise:.0f} days slower; signal "
                                       f"from {opts.dbt_rise_days:g})",
                                       round(rise, 1), opts.dbt_rise_days))
         downgrade = self._rating_signal(ctx)
@@ -177,22 +208,12 @@ class CreditLimitReview(Detector):
 
     def _rating_signal(self, ctx: DetectionContext) -> Reason | None:
         ratings = ctx.ledger.profile.ratings
+        if not ratings:
+            return None
         horizon = ctx.today - timedelta(days=self.options.rating_lookback_days)
-        judge = RatingDowngrade()
-        latest_by_agency: dict[str, int] = {}
-        for index, rating in enumerate(ratings):
-            latest_by_agency[rating[2].strip().casefold()] = index
-        for index in sorted(latest_by_agency.values()):
-            current = ratings[index]
-            if stamp_day(current[0]) < horizon:
-                continue
-            previous = previous_rating(ratings, index)
-            severity, reasons = judge.assess(previous, current)
-            if severity is not None and SEVERITY_RANK[severity] >= SEVERITY_RANK["warning"]:
-                was = f" from {previous[3]}" if previous is not None else ""
-                return Reason("rating_downgrade",
-                              f"{current[2]} rated the customer {current[3]}{was} on {stamp_day(current[0]).isoformat()} "
-                              f"({reasons[0].message})")
+        for day, reason in _downgrades(tuple(ratings)):
+            if day >= horizon:
+                return reason
         return None
 
     def _insolvency(self, ctx: DetectionContext) -> Reason | None:
@@ -208,18 +229,19 @@ class CreditLimitReview(Detector):
 
     def _reliable_near_limit(self, ctx: DetectionContext) -> list[Reason] | None:
         opts = self.options
-        pos = ctx.position
-        limit = pos.credit_limit
-        if not limit or pos.utilisation is None or float(pos.utilisation) < opts.raise_utilisation:
+        quick = figures(ctx)
+        limit = quick.credit_limit
+        if not limit or quick.utilisation is None or float(quick.utilisation) < opts.raise_utilisation:
             return None
-        dbt, recent = pos.days_beyond_terms, pos.days_beyond_terms_recent
+        pos = quick  # every check below reads a cheap figure; the position only to tell broken promises
+        dbt, recent = quick.days_beyond_terms()
         if dbt is None or float(dbt) > opts.raise_max_days_beyond_terms:
             return None
         if recent is not None and float(recent) > opts.raise_max_days_beyond_terms:
             return None
-        if any(inv["days_past_due"] > opts.overdue_days for inv in pos.open_invoices):
+        if quick.max_days_past_due > opts.overdue_days:
             return None
-        if pos.promises_broken or pos.open_disputes:
+        if quick.any_open_dispute or (quick.promise_deadline_passed and ctx.position.promises_broken):
             return None
         paid = ctx.ledger.lifetime.invoices + self._settled_count(ctx)
         if paid < opts.raise_min_paid_invoices:
@@ -238,8 +260,7 @@ class CreditLimitReview(Detector):
 
     @staticmethod
     def _settled_count(ctx: DetectionContext) -> int:
-        alloc = allocate(ctx.ledger, ctx.ledger_config or DEFAULT_CONFIG)
-        return sum(1 for view in alloc.invoices if view.settled_on is not None and view.settled_on <= ctx.today)
+        return settled_count(ctx.ledger, ctx.today, ctx.ledger_config or DEFAULT_CONFIG)
 
     @staticmethod
     def _customer_since(ctx: DetectionContext) -> date | None:

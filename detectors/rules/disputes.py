@@ -5,7 +5,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
-from detectors.rules._common import dec
+from detectors.rules._common import dec, figures
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 
 #: A dispute opening or closing changes the disputed amount; cash and invoices change the exposure.
@@ -53,9 +53,11 @@ class Disputes(Detector):
     options: DisputesOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
+        pos = figures(ctx)  # exposure, currency and the open disputes: no whole position needed
+        if pos.exposure <= 0 or not pos.any_open_dispute:
+            return [], memory  # nothing owed, or nothing in dispute (disputed_amount is 0)
         opts = self.options
-        disputed = pos.disputed_amount
+        open_disputes, disputed = pos.disputes()
         if pos.exposure <= 0 or disputed <= 0 or disputed < dec(opts.min_amount):
             return [], memory
         share = float(disputed / pos.exposure)
@@ -69,7 +71,7 @@ class Disputes(Detector):
                    f"({pct(share)}; {'critical' if critical else 'warning'} level {pct(level)})",
                    round(share, 4), level),
         ]
-        for dispute in sorted(pos.open_disputes, key=lambda d: -d["amount"])[:5]:
+        for dispute in sorted(open_disputes, key=lambda d: -d["amount"])[:5]:
             why = f" — {dispute['reason']}" if dispute.get("reason") else ""
             reasons.append(Reason("disputed_invoice",
                                   f"invoice {dispute['invoice_id']}: {money(dispute['amount'], pos.currency)} "

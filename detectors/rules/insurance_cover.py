@@ -5,7 +5,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
-from detectors.rules._common import dec
+from detectors.rules._common import dec, figures
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 
 
@@ -50,10 +50,10 @@ class InsuranceCover(Detector):
     options: InsuranceCoverOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
-        insured = pos.insured_limit
+        insured = ctx.ledger.profile.insured_limit  # the position's insured_limit
         if insured is None:
             return [], memory
+        pos = figures(ctx)  # exposure, insured limit and currency only: no whole position needed
         opts = self.options
         exposure = max(pos.exposure, dec(0))
         uncovered = exposure - insured

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, register
+from detectors.rules._common import figures
 
 LegalSeverity = Literal["info", "warning", "critical"]
 
@@ -59,7 +60,7 @@ class LegalEvent(Detector):
         detail = f": {description}" if description else ""
         day = ctx.event.occurred_at.date().isoformat()  # type: ignore[union-attr]
         reasons = [Reason(f"legal_{kind}", f"{what} reported on {day}{detail}")]
-        pos = ctx.position
+        pos = figures(ctx)
         if pos.exposure > 0:
             reasons.append(Reason("exposure_at_risk", f"{money(pos.exposure, pos.currency)} is owed by the customer now",
                                   float(pos.exposure)))

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
+from detectors.rules._common import figures
 
 BALANCE_CHANGES = frozenset({
     "tick", "invoice.issued", "invoice.adjusted", "invoice.dispute_resolved", "invoice.written_off",
@@ -54,8 +55,10 @@ class Overdue(Detector):
     options: OverdueOptions
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-        pos = ctx.position
         opts = self.options
+        pos = figures(ctx)  # the open invoices, aging, limit and currency: no whole position needed
+        if pos.max_days_past_due <= opts.warning_days:
+            return [], memory  # nothing is late enough
         late = [inv for inv in pos.open_invoices if inv["days_past_due"] > opts.warning_days]
         if not late:
             return [], memory

@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
-from detectors.rules._common import dec, in_limit_currency, stamp_day
+from detectors.rules._common import dec, figures, in_limit_currency, stamp_day
 from pipeline.ledger import Payment
 
 
@@ -60,7 +60,7 @@ class PaymentReversed(Detector):
         if payment is None or payment.receipt is None or payment.reversal is None:
             return [], memory  # not received yet (the reversal is held), or not reversed
         opts = self.options
-        pos = ctx.position
+        pos = figures(ctx)  # exposure and currency only
         _, receipt_event, amount, currency, received_on, _ = payment.receipt
         reversed_at, reversal_event, why = payment.reversal
         reversed_amount = in_limit_currency(ctx, amount, currency)
