@@ -73,7 +73,14 @@ def _runner(name: str) -> Callable[[bool], str]:
 
 
 def replace_section(document: str, name: str, body: str) -> str:
-    """``document`` with the section of ``name`` set to ``body`` (appended if it has none)."""
+    r"""``document`` with the section of ``name`` set to ``body`` (appended if it has none).
+
+    >>> doc = replace_section("# B\n\nnotes", "speed", "1 run/s")
+    >>> doc
+    '# B\n\nnotes\n\n<!-- bench:speed -->\n1 run/s\n<!-- /bench:speed -->\n'
+    >>> replace_section(doc + "more notes", "speed", "2 runs/s").splitlines()[5:]
+    ['2 runs/s', '<!-- /bench:speed -->', 'more notes']
+    """
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
@@ -98,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; there are: {', '.join(available)}")
     chosen = args.only or available
-    document = args.out.read_text() if args.out.exists() else HEADER
     failed = []
     for name in chosen:
         print(f"== {name}", file=sys.stderr, flush=True)
@@ -112,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         if args.to_stdout:
             print(body)
-        else:
-            document = replace_section(document, name, body)
-            args.out.write_text(document)  # after each one, so a long run keeps what it measured
+        else:  # read again: the notes around the sections may have been edited while it ran
+            document = args.out.read_text() if args.out.exists() else HEADER
+            args.out.write_text(replace_section(document, name, body))  # after each one: a long run keeps what it measured
     if not args.to_stdout:
         print(f"wrote {args.out}", file=sys.stderr)
     return 1 if failed else 0

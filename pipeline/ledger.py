@@ -632,7 +632,16 @@ def _allocate(state: CustomerState, config: LedgerConfig, book: _Book | None = N
 INCREMENTAL = True
 
 _STALE = object()
-_UNKNOWN: Any = object()
+
+
+class _Unknown:
+    """Not worked out yet (a cached figure of the book); one object, also after pickling."""
+
+    def __reduce__(self) -> str:
+        return "_UNKNOWN"
+
+
+_UNKNOWN: Any = _Unknown()
 TENTH = Decimal("0.1")
 
 

@@ -32,8 +32,10 @@ answers with :class:`~detectors.base.ModelSignals`. Two kinds of state:
 
 Cost: an allocation of the customer's ledger only when the shortcut above
 does not apply (cash on account, partial or over-payments, credit notes,
-reversals, write-offs, the first event of a record); otherwise O(open
-invoices) per event plus one river predict (at issue) or learn (at label).
+reversals, write-offs, the first event of a record) — and the ledger keeps
+its allocation up to date, so that costs O(1) after the first event and
+``_sync`` looks only at the open invoices and those it watches; otherwise
+O(open invoices) per event plus one river predict (at issue) or learn (at label).
 
 **Late payment** — score before learn (progressive validation). At
 ``invoice.issued`` the features known at that moment (the customer's
