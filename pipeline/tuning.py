@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from detectors.base import REGISTRY
 from detectors.config import ModelOptions, ThresholdError, Thresholds, parse_thresholds
@@ -69,14 +69,22 @@ def current(store: Any) -> Version:
 
 
 def change(store: Any, key: str, raw_value: str, by: str, reason: str) -> tuple[int, list[tuple[str, Any, Any]]]:
+    return change_many(store, {key: raw_value}, by, reason)
+
+
+def change_many(store: Any, values: Mapping[str, str], by: str, reason: str,
+                source: str = "cli") -> tuple[int, list[tuple[str, Any, Any]]]:
+    """Set several ``section.option`` values as one new version (the CLI sets one, the web page several)."""
     if not reason or not reason.strip():
         raise ThresholdError("a reason is required for every threshold change (--reason)")
     now = current(store)
-    updated = with_value(now.thresholds, key, raw_value)
+    updated = now.thresholds
+    for key, raw_value in values.items():
+        updated = with_value(updated, key, raw_value)
     changes = diff(now.thresholds, updated)
     if not changes:
         return (now.number or 0), []
-    version = store.record_thresholds(updated.to_toml(), by=by, source="cli", note=reason.strip())
+    version = store.record_thresholds(updated.to_toml(), by=by, source=source, note=reason.strip())
     return version, changes
 
 

@@ -403,6 +403,9 @@ def create_app(
     _add_handlers(app, ctx)
     _add_public_routes(app, ctx)
     _add_pages(app, ctx)
+    from pipeline.web.ops import add_ops_pages  # (imports this module: registered last)
+
+    add_ops_pages(app, ctx)
     return app
 
 
