@@ -91,6 +91,10 @@ class Settings:
     slack_base_url: str = ""
     #: Link target of an alert in messages, with {alert_id}; defaults to the web app on this host.
     review_url: str = "http://127.0.0.1:8000/alerts/{alert_id}"
+    #: faust store of the customers Table: ``memory://`` (all customers in RAM, rebuilt from the changelog at
+    #: start) or ``rocksdb://`` (RocksDB files under data_dir through the ``rocksdict`` package, extra
+    #: ``[rocksdb]``: state larger than RAM, and a restart reads only the changelog written since).
+    store: str = "memory://"
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -155,6 +159,22 @@ def _anchor(raw: str) -> str:
     return raw
 
 
+STORES = {"memory": "memory://", "rocksdb": "rocksdb://", "rocksdict": "rocksdb://"}
+
+
+def _store(raw: str) -> str:
+    """``memory``/``memory://``, or ``rocksdb``/``rocksdict`` (with or without ``://``) → the faust store URL."""
+    name = raw.strip().lower().split("://", 1)[0] or "memory"
+    if name not in STORES:
+        raise ConfigError(f"CREDITWATCH_STORE={raw!r} is not one of memory://, rocksdb://")
+    if STORES[name] == "rocksdb://":
+        import importlib.util
+
+        if importlib.util.find_spec("rocksdict") is None:
+            raise ConfigError(f"CREDITWATCH_STORE={raw!r} needs the rocksdict package: pip install 'creditwatch[rocksdb]'")
+    return STORES[name]
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
@@ -189,6 +209,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         slack_bot_token=env.get("CREDITWATCH_SLACK_BOT_TOKEN", ""),
         slack_base_url=env.get("CREDITWATCH_SLACK_BASE_URL", ""),
         review_url=env.get("CREDITWATCH_REVIEW_URL", "http://127.0.0.1:8000/alerts/{alert_id}"),
+        store=_store(env.get("CREDITWATCH_STORE", "memory://")),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

@@ -30,6 +30,7 @@ from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.stores import rocksdb as faust_rocksdb  # the module imports without rocksdict; the store needs it
 
 from pipeline.config import Settings
 from streams import transport
@@ -78,6 +79,35 @@ class CustomerTable(faust.Table):
         self.unconfirmed.append(future)
         return future
 
+    def _new_store_by_url(self, url: Any) -> Any:
+        if not str(url).startswith("rocksdb:"):
+            return super()._new_store_by_url(url)
+        return SourcePartitionRocksStore(
+            url, self.app, self, table_name=self.name, key_type=self.key_type, key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer, value_type=self.value_type, loop=self.loop, options=self.options,
+        )
+
+
+class SourcePartitionRocksStore(faust_rocksdb.Store):
+    """faust's RocksDB store (``CREDITWATCH_STORE=rocksdb://``) without the "current event".
+
+    faust's store writes a key into the database of the current event's
+    partition and reads it from there, but a ``take_events`` batch has no
+    current event (writes fail) or the batch's last one (reads would miss
+    customers of other partitions). Writes go to the partition the table
+    names for the key (its source event's), reads look the key up in the
+    partition databases (an index, then the bloom filters).
+    """
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = self.table.partition_for_key(key)
+        self._db_for_partition(partition).put(key, value)
+        self._key_index[key] = partition
+
+    def _get(self, key: bytes) -> bytes | None:
+        found = self._get_bucket_for_key(key)
+        return None if found is None else found.value
+
 
 def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float = 30.0,
               checkpoint_interval_s: float = 60.0, metrics: WorkerMetrics | None = None) -> faust.App:
@@ -87,7 +117,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     app = faust.App(
         settings.consumer_group,
         broker=f"{transport.SCHEME}://{settings.bootstrap_servers}",
-        store="memory://",
+        store=settings.store,
         autodiscover=False,
         web_enabled=False,
         datadir=str(settings.data_dir / "faust"),
