@@ -37,6 +37,7 @@ class BacktestResult:
     duplicates: int = 0
     seconds: float = 0.0
     model: dict[str, Any] = field(default_factory=dict)
+    feedback: dict[str, Any] | None = None  # the reviewer-feedback model's metrics, when verdicts were replayed
 
     @property
     def by_detector(self) -> dict[str, int]:
@@ -49,6 +50,7 @@ class BacktestResult:
             "alerts": sorted(self.alerts.values(), key=lambda a: (a["raised_at"], a["alert_id"])),
             "by_detector": self.by_detector,
             "model": self.model,
+            **({"feedback_model": self.feedback} if self.feedback is not None else {}),
             "ticks": self.ticks,
             "duplicates": self.duplicates,
             "seconds": round(self.seconds, 3),
@@ -124,7 +126,14 @@ def run_backtest(
     engine: RiskEngine,
     progress: Callable[[int], None] | None = None,
     until: date | None = None,
+    feedback: Any = None,
 ) -> BacktestResult:
+    """Replay ``lines`` through ``engine``.
+
+    ``feedback`` (a ``pipeline.feedback.FeedbackReplay``) replays reviewers'
+    verdicts: each alert revision is annotated as the worker does, and each
+    verdict is learned when the clock reaches its review day.
+    """
     result = BacktestResult()
     replay = Replay(engine)
     started = time.perf_counter()
@@ -132,6 +141,8 @@ def run_backtest(
     def collect(updates: list[AlertUpdate]) -> None:
         for update in updates:
             alert = update.alert
+            if feedback is not None:
+                _annotate(feedback, engine, replay, alert)
             result.alerts[alert["alert_id"]] = alert
             result.first_raised.setdefault(alert["alert_id"], alert["raised_at"])
             result.updates.append(update)
@@ -151,6 +162,8 @@ def run_backtest(
         try:
             before = replay.records.get(event.customer_id)
             duplicate = before is not None and before.ledger.has_seen(event.event_id)
+            if feedback is not None:
+                feedback.learn_until(event.occurred_at.date())
             collect(replay.apply(event))
         except LedgerRejected as refused:
             result.rejected.append({"line": number, "reason": refused.reason})
@@ -166,7 +179,22 @@ def run_backtest(
     result.seconds = time.perf_counter() - started
     metrics = getattr(engine.models, "metrics", None)
     result.model = metrics() if callable(metrics) else {}
+    if feedback is not None:
+        result.feedback = feedback.model.metrics()
     return result
+
+
+def _annotate(feedback: Any, engine: RiskEngine, replay: Replay, alert: dict[str, Any]) -> None:
+    """The reviewer-feedback features and estimate of an alert, from the customer's position now (as the worker)."""
+    from pipeline.ledger import position
+
+    record = replay.records.get(alert["customer_id"])
+    pos = risk = None
+    if record is not None and replay.now is not None:
+        pos = position(record.ledger, replay.now.date(), engine.ledger_config).to_json()
+        current = getattr(engine.models, "current_risk", None)
+        risk = current(record) if current is not None else None
+    feedback.annotate(alert, pos, risk)
 
 
 class ProgressBar:

@@ -6,7 +6,10 @@ together: alerts raised, alerts per customer-month, written-off customers
 caught, precision and recall against ``invoice.written_off`` (the ground
 truth), the median lead time from the first warning to the write-off, and —
 when reviewers have judged alerts in the store — the reviewer-confirmed
-precision. ``--report FILE.html`` writes the table with a chart of alert
+precision. With verdicts, the reviewer-feedback model (``pipeline.feedback``)
+also learns them as the worker would — each verdict known ``review_days``
+after its alert was raised — and its progressive ROC AUC and log loss on
+those verdicts are reported per side. ``--report FILE.html`` writes the table with a chart of alert
 volume per week (inline SVG: no JavaScript, no network).
 """
 
@@ -90,7 +93,10 @@ def _weekly(result: BacktestResult) -> dict[date, int]:
 
 def run_side(label: str, lines: list[bytes], thresholds: Thresholds, ledger: LedgerConfig,
              truth: Mapping[str, date], feedback: Mapping[str, str] | None, with_models: bool = True) -> Side:
-    result = run_backtest(lines, build_engine(thresholds, ledger, with_models=with_models))
+    from pipeline.feedback import FeedbackReplay
+
+    replay = FeedbackReplay(feedback) if feedback else None
+    result = run_backtest(lines, build_engine(thresholds, ledger, with_models=with_models), feedback=replay)
     return Side(label, result, _rows(result, truth, _customer_months(lines, result), feedback), _weekly(result))
 
 
@@ -111,8 +117,10 @@ def compare(lines: list[bytes], a: Thresholds, b: Thresholds, ledger: LedgerConf
     report = {
         "events": left.result.events,
         "written_off_customers": len(truth),
-        "a": {"config": a.source, "by_detector": left.rows},
-        "b": {"config": b.source, "by_detector": right.rows},
+        "a": {"config": a.source, "by_detector": left.rows,
+              **({"feedback_model": left.result.feedback} if left.result.feedback is not None else {})},
+        "b": {"config": b.source, "by_detector": right.rows,
+              **({"feedback_model": right.result.feedback} if right.result.feedback is not None else {})},
         "detectors": detectors,
         "weekly_alerts": {
             "a": {day.isoformat(): count for day, count in left.weekly.items()},
@@ -123,7 +131,7 @@ def compare(lines: list[bytes], a: Thresholds, b: Thresholds, ledger: LedgerConf
 
 
 def feedback_from_store(store: Any) -> dict[str, str]:
-    """alert_id → "confirmed" | "false_positive", from reviewers' verdicts in the store."""
+    """alert_id → "confirmed" | "false_positive", from reviewers' verdicts in the store (``resolved`` = confirmed)."""
     verdicts = getattr(store, "feedback_labels", None)
     if verdicts is not None:
         return dict(verdicts())
@@ -151,6 +159,11 @@ def format_text(report: Mapping[str, Any]) -> str:
         b = report["b"]["by_detector"].get(name, {})
         cells = "".join(f"{_cell(a.get(key)) + ' → ' + _cell(b.get(key)):>22}" for key, _ in COLUMNS if _has(report, key))
         lines.append(f"{name:<22}{cells}")
+    for side in ("a", "b"):
+        model = report[side].get("feedback_model")
+        if model:
+            lines.append(f"reviewer-feedback model ({side.upper()}): {model['verdicts_learned']} verdicts learned, "
+                         f"progressive ROC AUC {_cell(model['roc_auc'])}, log loss {_cell(model['log_loss'])}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,12 @@ Status workflow (:data:`TRANSITIONS`)::
     resolved ──────→ open            (reopen; a note is required)
     false_positive → open            (reopen; a note is required)
 
+A person's move to ``resolved`` is a reviewer's verdict *confirmed* (a real
+problem, acted on); to ``false_positive``, *false positive* (it should not
+have been raised). Workers learn them in order of their history id
+(:meth:`AlertStore.verdicts_after`, ``pipeline.feedback``); the what-if report
+reads each alert's standing verdict (:meth:`AlertStore.feedback_labels`).
+
 ``resolved`` and ``false_positive`` are final for every other move (a
 resolved alert cannot be acknowledged); resolving and marking a false
 positive need a note. The engine reopens an alert by itself when it sends a
@@ -97,7 +103,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: Every migration in ``migrations/versions``, oldest first; the last is the schema
 #: this code needs. (tests/test_store.py checks this against Alembic, so that
 #: checking the schema at start needs no Alembic import.)
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0005")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 SEVERITIES = ("info", "warning", "critical")
@@ -228,6 +234,10 @@ class Alert(Base):
     #: lower-cased alert_id, customer_id, customer_name and title: one LIKE for the inbox search box.
     #: Computed by the database, so every way of inserting alerts fills it.
     search_text: Mapped[str | None] = mapped_column(Text, Computed(SEARCH_TEXT_SQL, persisted=True))
+    #: Reviewer feedback (pipeline.feedback): the features of the latest revision and the estimate on them.
+    feedback: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    #: P(a reviewer confirms this alert); null until the feedback model has learned enough verdicts.
+    confirm_probability: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="status"),
@@ -235,6 +245,7 @@ class Alert(Base):
         # The inbox: open alerts, worst first, newest first.
         Index("ix_alerts_status_severity_rank_raised_at", "status", "severity_rank", "raised_at"),
         Index("ix_alerts_assignee_status", "assignee", "status"),
+        Index("ix_alerts_status_confirm_probability", "status", "confirm_probability"),
         # Inbox search: a trigram GIN index on PostgreSQL (where pg_trgm is available, see migration
         # 0003); on SQLite a plain index, which a count of matches scans instead of the whole table.
         Index("ix_alerts_search_text_trgm", "search_text", postgresql_using="gin",
@@ -257,6 +268,9 @@ class AlertHistory(Base):
     to_assignee: Mapped[str | None] = mapped_column(String(64))
     revision: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
+
+    # Workers follow reviewers' verdicts by id (AlertStore.verdicts_after).
+    __table_args__ = (Index("ix_alert_history_change_to_status_id", "change", "to_status", "id"),)
 
 
 class DeliveryRow(Base):
@@ -624,6 +638,7 @@ def alert_json(row: Alert) -> dict[str, Any]:
         "status": row.status,
         "revision": row.revision,
         "threshold_version": row.threshold_version,
+        "confirm_probability": row.confirm_probability,
         "assignee": row.assignee,
         "slack_channel": row.slack_channel,
         "slack_ts": row.slack_ts,
@@ -742,6 +757,9 @@ ORDERS: dict[str, tuple[Any, ...]] = {
     "-severity": (Alert.severity_rank.desc(), Alert.raised_at.desc(), Alert.id.desc()),
     "severity": (Alert.severity_rank.asc(), Alert.raised_at.desc(), Alert.id.desc()),
     "customer": (Alert.customer_id.asc(), Alert.raised_at.desc(), Alert.id.desc()),
+    # Most likely to be confirmed by a reviewer first; alerts without an estimate last (on both dialects).
+    "-confirm_probability": (func.coalesce(Alert.confirm_probability, -1.0).desc(), Alert.raised_at.desc(),
+                             Alert.id.desc()),
 }
 
 
@@ -833,6 +851,8 @@ class AlertStore:
             "status": "open",
             "revision": revision,
             "threshold_version": alert.get("threshold_version"),
+            "feedback": alert.get("feedback"),
+            "confirm_probability": _float((alert.get("feedback") or {}).get("confirm_probability")),
             "raised_at": raised_at,
             "updated_at": _when(alert.get("updated_at")) or raised_at,
             "stored_at": now,
@@ -866,6 +886,8 @@ class AlertStore:
             row.updated_at = values["updated_at"]
             if values["threshold_version"] is not None:
                 row.threshold_version = values["threshold_version"]
+            if values["feedback"] is not None:
+                row.feedback, row.confirm_probability = values["feedback"], values["confirm_probability"]
             if values["customer_name"]:
                 row.customer_name = values["customer_name"]
             row.status = "open"
@@ -978,7 +1000,9 @@ class AlertStore:
     def _filtered(
         self, query: Any, status: Any, severity: Any, detector: Any, assignee: Any, customer: Any, search: str | None
     ) -> Any:
-        for column, wanted in ((Alert.status, status), (Alert.severity, severity), (Alert.detector, detector),
+        # Severity by its rank: the inbox and sort indexes lead with severity_rank (an unknown name matches none).
+        ranks = None if severity is None else [SEVERITY_RANK.get(name, -1) for name in _many(severity) or []]
+        for column, wanted in ((Alert.status, status), (Alert.severity_rank, ranks), (Alert.detector, detector),
                                (Alert.customer_id, customer)):
             values = _many(wanted)
             if values is not None:
@@ -1034,6 +1058,56 @@ class AlertStore:
             alert["deliveries"] = [_delivery_json(item) for item in session.execute(
                 select(DeliveryRow).where(DeliveryRow.alert_id == alert_id).order_by(DeliveryRow.id)).scalars()]
             return alert
+
+    # --- reviewers' verdicts (pipeline.feedback) -----------------------------------
+
+    def verdicts_after(self, after_id: int = 0, limit: int = 1000) -> tuple[list[int], list[dict[str, Any]]]:
+        """The next ``limit`` history ids after ``after_id``, and the reviewers' verdicts among them.
+
+        A verdict is a person's status change to ``resolved`` (confirmed) or
+        ``false_positive``: ``{"id", "alert_id", "confirmed", "at", "by",
+        "alert"}`` with the alert as it is now, its ``feedback`` included. All
+        ids are returned (verdicts or not) so that a follower can tell a gap —
+        a transaction still in flight — from rows that are no verdicts.
+        """
+        with self._session() as session:
+            ids = list(session.execute(select(AlertHistory.id).where(AlertHistory.id > after_id)
+                                       .order_by(AlertHistory.id).limit(limit)).scalars())
+            if not ids:
+                return [], []
+            rows = session.execute(
+                select(AlertHistory, Alert).join(Alert, Alert.alert_id == AlertHistory.alert_id)
+                .where(AlertHistory.change == "status", AlertHistory.to_status.in_(sorted(FINAL_STATUSES)),
+                       AlertHistory.id > after_id, AlertHistory.id <= ids[-1], AlertHistory.by != ENGINE_ACTOR)
+                .order_by(AlertHistory.id)
+            ).all()
+            verdicts = [
+                {"id": entry.id, "alert_id": entry.alert_id, "confirmed": entry.to_status == "resolved",
+                 "at": _iso(entry.at), "by": entry.by, "alert": {**alert_json(alert), "feedback": alert.feedback}}
+                for entry, alert in rows
+            ]
+            return ids, verdicts
+
+    def feedback_labels(self) -> dict[str, str]:
+        """alert_id → "confirmed" | "false_positive": each alert's standing verdict.
+
+        The latest verdict by a person, unless a person reopened the alert after
+        it (withdrawn); the engine reopening a worsened alert withdraws nothing.
+        """
+        labels: dict[str, str] = {}
+        with self._session() as session:
+            rows = session.execute(
+                select(AlertHistory.alert_id, AlertHistory.to_status).where(
+                    AlertHistory.change == "status", AlertHistory.by != ENGINE_ACTOR)
+                .order_by(AlertHistory.id))
+            for alert_id, to_status in rows:
+                if to_status == "resolved":
+                    labels[alert_id] = "confirmed"
+                elif to_status == "false_positive":
+                    labels[alert_id] = "false_positive"
+                elif to_status == "open":
+                    labels.pop(alert_id, None)
+        return labels
 
     # --- the outbox -----------------------------------------------------------
 

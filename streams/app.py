@@ -259,10 +259,24 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 processor.engine = runtime.engine
             log.warning("thresholds version %s in force", version.number)
 
+    @app.timer(settings.threshold_poll_s)
+    async def follow_verdicts() -> None:
+        if not app.tables.recovery.completed.is_set():
+            return
+        try:
+            learned = await runtime.follow_verdicts()
+        except Exception:  # noqa: BLE001 - an outage is reported by the batch path; try again next time
+            return
+        if learned:
+            log.info("learned %s reviewer verdicts", learned,
+                     extra={"verdicts_learned": runtime.feedback.learned})
+
     async def save_checkpoint() -> None:
         snapshot = getattr(runtime.models, "snapshot", None)
         if snapshot is not None:
             await (await checkpoints.send(key=b"models", value=snapshot()))
+        # The reviewer-feedback model, with its watermark in the store's verdicts (streams.worker restores both).
+        await (await checkpoints.send(key=b"feedback", value=runtime.feedback.snapshot()))
 
     @app.timer(checkpoint_interval_s)
     async def checkpoint_models() -> None:

@@ -91,7 +91,8 @@ class WakeSchedule:
 
 class WorkerRuntime:
     def __init__(self, settings: Settings, thresholds: Thresholds, store: Any, sinks: Mapping[str, Any],
-                 clock: Clock | None = None, models: Any = None, threshold_version: int | None = None):
+                 clock: Clock | None = None, models: Any = None, threshold_version: int | None = None,
+                 feedback: Any = None):
         self.settings = settings
         self.threshold_version = threshold_version
         self.clock = clock or SystemClock()
@@ -104,6 +105,10 @@ class WorkerRuntime:
         self.stopping = asyncio.Event()
         self.deliverer: Any = None
         self.store_outage = False
+        from pipeline.feedback import FeedbackModel
+
+        #: P(a reviewer confirms an alert), learned from their verdicts (pipeline.feedback).
+        self.feedback = feedback if feedback is not None else FeedbackModel()
 
     def reconfigure(self, thresholds: Thresholds, version: int | None) -> None:
         """Swap in new thresholds; customers' episodes and the models carry on."""
@@ -148,6 +153,8 @@ class WorkerRuntime:
         from sinks.store import StoreUnavailable
 
         positions, snapshots = self._store_payload(records, now)
+        for update in updates:  # the reviewer-feedback features and estimate, at raise time
+            self.feedback.annotate(update.alert, positions.get(update.alert["customer_id"]))
         delay = 0.5
         while True:
             try:
@@ -164,6 +171,26 @@ class WorkerRuntime:
                 log.warning("alert store is back; batch stored")
                 self.store_outage = False
             return
+
+    # --- reviewers' verdicts ------------------------------------------------------
+
+    async def follow_verdicts(self, page: int = 1000) -> int:
+        """Learn the reviewers' new verdicts from the store, each once (see pipeline.feedback).
+
+        The store is read outside the lock; learning happens under it, between
+        batches, so every alert of a batch is annotated by one model state.
+        Raises StoreUnavailable if the store cannot be reached.
+        """
+        from pipeline.feedback import Verdict
+
+        total = 0
+        while True:
+            before = self.feedback.watermark
+            ids, verdicts = await asyncio.to_thread(self.store.verdicts_after, before, page)
+            async with self.lock:
+                total += self.feedback.take(ids, [Verdict(**v) for v in verdicts])
+            if len(ids) < page or self.feedback.watermark == before:
+                return total
 
     # --- clock ticks -----------------------------------------------------------------
 

@@ -61,8 +61,11 @@ def prepare_topics(settings: Settings) -> None:
         raise WorkerStartError(f"cannot prepare topics on {settings.bootstrap_servers}: {problem}") from None
 
 
-def load_model_checkpoint(settings: Settings) -> bytes | None:
-    """The last model snapshot any worker of this group saved, or None."""
+def load_model_checkpoint(settings: Settings, key: bytes = b"models") -> bytes | None:
+    """The last snapshot under ``key`` (``models``, ``feedback``) any worker of this group saved, or None.
+
+    Checkpoints are saved together (models, then feedback), so the last few messages hold one of each.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     from streams.admin import high_watermarks
@@ -77,12 +80,21 @@ def load_model_checkpoint(settings: Settings) -> bytes | None:
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
-        consumer.seek(tp, end - 1)
+        consumer.seek(tp, max(end - CHECKPOINT_TAIL, 0))
+        found = None
         for message in consumer:
-            return message.value
+            if message.key == key:
+                found = message.value
+            if message.offset >= end - 1:
+                break
+        return found
     finally:
         consumer.close()
     return None
+
+
+#: How many of the last checkpoint messages are searched for a key.
+CHECKPOINT_TAIL = 8
 
 
 def open_runtime(settings: Settings, thresholds_path: Path | None = None) -> "WorkerRuntime":
@@ -118,6 +130,14 @@ def open_runtime(settings: Settings, thresholds_path: Path | None = None) -> "Wo
     if checkpoint and restore is not None:
         restore(checkpoint)
         log.warning("restored the online models from their last checkpoint")
+    feedback = load_model_checkpoint(settings, b"feedback")
+    if feedback:
+        try:
+            runtime.feedback.restore(feedback)
+        except Exception as problem:  # noqa: BLE001 - an unreadable snapshot costs learning, not correctness
+            log.warning("could not restore the reviewer-feedback model (%s); it starts again from the store", problem)
+        else:
+            log.warning("restored the reviewer-feedback model (%s verdicts learned)", runtime.feedback.learned)
     return runtime
 
 
