@@ -126,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--report", type=Path, default=None, metavar="FILE.html",
                           help="with --compare: write the side-by-side report with a chart of alerts per week")
     backtest.add_argument("--feedback", action="store_true",
-                          help="with --compare: add reviewer-confirmed precision from the store's verdicts")
+                          help="reviewers' verdicts from the store: reviewer-confirmed precision (with --compare) "
+                               "and the reviewer-feedback model's learning replayed")
+    backtest.add_argument("--verdicts", type=_existing_file, default=None, metavar="FILE.json",
+                          help="the same from a file: {alert_id: confirmed|false_positive} or `alerts list --json`")
+    backtest.add_argument("--review-days", type=_positive_int, default=7, metavar="N",
+                          help="with verdicts: each becomes known N days after its alert was raised (default: 7)")
     backtest.set_defaults(handler=_cmd_backtest)
 
     simulate = commands.add_parser("simulate", help="generate a realistic simulated portfolio as JSONL events")
@@ -241,8 +246,14 @@ def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     with args.file.open("rb") as handle:
         total = sum(1 for _ in handle)
     bar = ProgressBar(total) if total >= 20_000 or sys.stderr.isatty() else None
+    replay = None
+    verdicts = _verdicts(args, settings)
+    if verdicts is not None:
+        from pipeline.feedback import FeedbackReplay
+
+        replay = FeedbackReplay(verdicts, review_days=args.review_days)
     with args.file.open("rb") as handle:
-        result = run_backtest(handle, engine, progress=bar, until=until)
+        result = run_backtest(handle, engine, progress=bar, until=until, feedback=replay)
     if bar is not None:
         bar.close()
     if args.json:
@@ -295,15 +306,16 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _backtest_compare(args: argparse.Namespace, settings: Settings, thresholds: Any) -> int:
     from detectors.config import ThresholdError, load_thresholds
-    from pipeline.whatif import compare, feedback_from_store, format_text, write_html
+    from pipeline.whatif import compare, format_text, write_html
 
     try:
         other = load_thresholds(args.compare)
     except ThresholdError as problem:
         raise UserError(str(problem)) from None
-    feedback = feedback_from_store(_threshold_store(settings)) if args.feedback else None
+    feedback = _verdicts(args, settings)
     lines = args.file.read_bytes().splitlines()
-    _, _, report = compare(lines, thresholds, other, settings.ledger, feedback, with_models=not args.no_models)
+    _, _, report = compare(lines, thresholds, other, settings.ledger, feedback, with_models=not args.no_models,
+                           review_days=args.review_days)
     if args.report is not None:
         try:
             write_html(report, args.report)
@@ -311,6 +323,20 @@ def _backtest_compare(args: argparse.Namespace, settings: Settings, thresholds: 
             raise UserError(f"cannot write {args.report}: {problem.strerror}") from None
     print(json.dumps(report, default=str) if args.json else format_text(report))
     return 0
+
+
+def _verdicts(args: argparse.Namespace, settings: Settings) -> dict[str, str] | None:
+    """Reviewers' verdicts for a backtest: from --verdicts FILE, or the store with --feedback, or None."""
+    from pipeline.feedback import load_verdicts
+
+    if args.verdicts is not None:
+        try:
+            return load_verdicts(args.verdicts)
+        except (ValueError, KeyError) as problem:
+            raise UserError(f"--verdicts {args.verdicts}: {problem}") from None
+    if args.feedback:
+        return load_verdicts(_threshold_store(settings))
+    return None
 
 
 def _cmd_customer_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -348,7 +374,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 _ALERT_STATUSES = ("open", "acknowledged", "resolved", "false_positive")
 _SEVERITIES = ("info", "warning", "critical")
 _ALERT_ORDERS = {"newest": "-raised_at", "oldest": "raised_at", "severity": "-severity", "updated": "-updated_at",
-                 "customer": "customer"}
+                 "customer": "customer", "confirm": "-confirm_probability"}
 
 
 def _add_store_commands(commands: argparse._SubParsersAction) -> None:
@@ -369,7 +395,8 @@ def _add_store_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--assignee", default=None, help="only alerts assigned to NAME ('' = unassigned)", metavar="NAME")
     listing.add_argument("--search", default=None, help="text in the title, customer name or id")
     listing.add_argument("--sort", choices=list(_ALERT_ORDERS), default="newest",
-                         help="newest first (default), oldest first, worst severity first, last updated first, by customer")
+                         help="newest first (default), oldest first, worst severity first, last updated first, by customer, "
+                              "most likely confirmed by a reviewer first (pipeline.feedback)")
     listing.add_argument("--limit", type=int, default=None, help="at most N alerts (default: all)", metavar="N")
     listing.add_argument("--json", action="store_true", help="print a JSON array of alerts (CONTRACT §3)")
     listing.set_defaults(handler=_cmd_alerts_list)

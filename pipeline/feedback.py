@@ -344,7 +344,11 @@ class FeedbackModel:
 
 
 def load_verdicts(source: Any) -> dict[str, str]:
-    """alert_id → "confirmed" | "false_positive" from a store or a JSON file (object or list of objects)."""
+    """alert_id → "confirmed" | "false_positive" from a store or a JSON file.
+
+    The file is an object ``{alert_id: "confirmed" | "false_positive" | "resolved"}`` or a list of alerts
+    with their ``status`` (``creditwatch alerts list --json``): ``resolved`` counts as confirmed.
+    """
     if hasattr(source, "feedback_labels"):
         return dict(source.feedback_labels())
     import json
@@ -352,9 +356,12 @@ def load_verdicts(source: Any) -> dict[str, str]:
 
     data = json.loads(Path(source).read_text())
     if isinstance(data, dict):
-        items = data.items()
+        items = list(data.items())
+    elif isinstance(data, list):  # e.g. `creditwatch alerts list --json`: alerts not judged (yet) are left out
+        items = [(row["alert_id"], row.get("verdict") or VERDICTS[row["status"]]) for row in data
+                 if isinstance(row, dict) and "alert_id" in row and (row.get("verdict") or row.get("status") in VERDICTS)]
     else:
-        items = ((row["alert_id"], row.get("verdict") or VERDICTS.get(row.get("status", ""), "")) for row in data)
+        raise ValueError(f"{source}: expected a JSON object (alert_id → verdict) or a list of alerts")
     labels: dict[str, str] = {}
     for alert_id, verdict in items:
         verdict = VERDICTS.get(verdict, verdict)

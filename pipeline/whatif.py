@@ -92,16 +92,18 @@ def _weekly(result: BacktestResult) -> dict[date, int]:
 
 
 def run_side(label: str, lines: list[bytes], thresholds: Thresholds, ledger: LedgerConfig,
-             truth: Mapping[str, date], feedback: Mapping[str, str] | None, with_models: bool = True) -> Side:
+             truth: Mapping[str, date], feedback: Mapping[str, str] | None, with_models: bool = True,
+             review_days: int = 7) -> Side:
     from pipeline.feedback import FeedbackReplay
 
-    replay = FeedbackReplay(feedback) if feedback else None
+    replay = FeedbackReplay(feedback, review_days=review_days) if feedback else None
     result = run_backtest(lines, build_engine(thresholds, ledger, with_models=with_models), feedback=replay)
     return Side(label, result, _rows(result, truth, _customer_months(lines, result), feedback), _weekly(result))
 
 
 def compare(lines: list[bytes], a: Thresholds, b: Thresholds, ledger: LedgerConfig,
-            feedback: Mapping[str, str] | None = None, with_models: bool = True) -> tuple[Side, Side, dict[str, Any]]:
+            feedback: Mapping[str, str] | None = None, with_models: bool = True,
+            review_days: int = 7) -> tuple[Side, Side, dict[str, Any]]:
     from pipeline.events import InvalidEvent, parse_event
 
     events = []
@@ -111,8 +113,8 @@ def compare(lines: list[bytes], a: Thresholds, b: Thresholds, ledger: LedgerConf
         except InvalidEvent:
             continue
     truth = ground_truth(events)
-    left = run_side(a.source, lines, a, ledger, truth, feedback, with_models)
-    right = run_side(b.source, lines, b, ledger, truth, feedback, with_models)
+    left = run_side(a.source, lines, a, ledger, truth, feedback, with_models, review_days)
+    right = run_side(b.source, lines, b, ledger, truth, feedback, with_models, review_days)
     detectors = sorted(set(left.rows) | set(right.rows), key=lambda name: (name != ALL, name))
     report = {
         "events": left.result.events,

@@ -251,3 +251,45 @@ def test_checkpoints_are_found_by_key_models_and_feedback(broker, unique_prefix)
                                          (topic, b"models", b"m2"), (topic, b"feedback", b"f2")])
     assert load_model_checkpoint(settings) == b"m2"
     assert load_model_checkpoint(settings, b"feedback") == b"f2"
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def test_cli_backtest_replays_a_verdicts_file_and_alerts_sort_by_confirm_probability(tmp_path, alert_store):
+    import json
+    import subprocess
+    import sys
+
+    lines = _history_lines()
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(b"\n".join(lines) + b"\n")
+    from pipeline.backtest import build_engine, run_backtest
+
+    plain = run_backtest(lines, build_engine(Thresholds(), LedgerConfig(), with_models=False))
+    verdicts = {a["alert_id"]: "confirmed" if int(a["customer_id"][1:]) % 2 == 0 else "false_positive"
+                for a in plain.alerts.values() if a["detector"] == "legal_event"}
+    path = tmp_path / "verdicts.json"
+    path.write_text(json.dumps(verdicts))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "backtest", str(history), "--verdicts", str(path),
+                           "--review-days", "3", "--json", "--no-models"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    model = json.loads(done.stdout)["feedback_model"]
+    assert model["verdicts_learned"] > 30 and model["by_detector"]["legal_event"]["verdicts"] == model["verdicts_learned"]
+    path.write_text('{"al_x": "maybe"}')
+    refused = subprocess.run([sys.executable, "-m", "pipeline.cli", "backtest", str(history), "--verdicts", str(path)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "neither confirmed nor false_positive" in refused.stderr
+
+    runtime = _runtime(alert_store, FeedbackModel(min_verdicts=2, settle_s=0))
+    for i in range(3):
+        alert_store.change_status(_raise_legal_alert(runtime, f"L{i}", False)["alert_id"], "false_positive", "a", note="n")
+        alert_store.change_status(_raise_legal_alert(runtime, f"H{i}", True)["alert_id"], "resolved", "a", note="y")
+    asyncio.run(runtime.follow_verdicts())
+    low = _raise_legal_alert(runtime, "L-new", False)["alert_id"]
+    high = _raise_legal_alert(runtime, "H-new", True)["alert_id"]
+    env = {**__import__("os").environ, "CREDITWATCH_DATABASE_URL": alert_store.url.render_as_string(hide_password=False)}
+    listed = subprocess.run([sys.executable, "-m", "pipeline.cli", "alerts", "list", "--status", "open", "--sort",
+                             "confirm", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [a["alert_id"] for a in json.loads(listed.stdout)] == [high, low]
