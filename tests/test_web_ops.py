@@ -112,7 +112,7 @@ def test_only_ops_and_admin_reach_the_ops_pages_and_see_their_links(client, sqli
     for name in ("vera", "carl"):  # viewer, controller
         as_user(client, name)
         assert 'href="/ops/thresholds"' not in client.get("/alerts").text
-        for path in ("/ops/thresholds", "/ops/whatif"):
+        for path in ("/ops/thresholds", "/ops/whatif", "/ops/whatif/jobs/x", "/ops/whatif/jobs/x/report.html"):
             assert client.get(path).status_code == 403, (name, path)
         token = csrf_of(client.get("/alerts").text)
         refused = client.post("/ops/thresholds", data={"csrf_token": token, "base_version": "0", "reason": "x",
@@ -306,6 +306,8 @@ def test_whatif_against_a_stored_version_and_bad_candidates(client, sqlite_ops_s
     refused = start_whatif(client, file="portfolio.jsonl", b_changes=f"{KEY} = 7")
     assert refused.status_code == 400
     assert "credit_limit.warning_utilisation: 7 is out of range (allowed: 0.1 to 5.0)" in text_of(refused.text)
+    hostile = start_whatif(client, file="portfolio.jsonl", b_changes=f"{EVIL} = 1\noverdue.{EVIL} = 2")
+    assert hostile.status_code == 400 and EVIL not in hostile.text and "&lt;script&gt;" in hostile.text
     same = start_whatif(client, file="portfolio.jsonl", b_changes="overdue.warning_days = 30")
     assert same.status_code == 400 and "B is the same" in text_of(same.text)
     assert len(client.app.state.ops_jobs.recent()) == 1
@@ -358,3 +360,30 @@ def test_ops_forms_have_labels(client, data_dir):
                 continue
             field_id = re.search(r'id="([^"]+)"', attrs)
             assert field_id and field_id.group(1) in ids, (path, tag, attrs)
+
+
+def test_a_run_happens_in_the_background_one_at_a_time_and_its_page_says_so(client, data_dir):
+    import threading
+
+    simulated_file(data_dir)
+    jobs = client.app.state.ops_jobs
+    release = threading.Event()
+    real_run = jobs._run
+    jobs._run = lambda job: (release.wait(60), real_run(job))[1]  # the replay waits until the test lets it go
+    as_user(client, "olga")
+    try:
+        first = start_whatif(client, file="portfolio.jsonl", b_changes=f"{KEY} = 0.9")
+        assert first.status_code == 303  # answered while the run is held: the request does not wait for it
+        second = start_whatif(client, file="portfolio.jsonl", b_changes=f"{KEY} = 0.8")
+        first_id, second_id = (r.headers["location"].rsplit("/", 1)[1] for r in (first, second))
+        page = client.get(f"/ops/whatif/jobs/{second_id}").text
+        assert jobs.get(second_id).status == "queued" and "status queued" in text_of(page)
+        assert '<meta http-equiv="refresh"' in page and "Apply B" not in page
+        jobs.max_waiting = 2
+        third = start_whatif(client, file="portfolio.jsonl", b_changes=f"{KEY} = 0.7")
+        assert third.status_code == 429 and "waiting already" in text_of(third.text)
+    finally:
+        release.set()
+    assert jobs.wait(first_id, 120).status == "done" and jobs.wait(second_id, 120).status == "done"
+    listing = text_of(client.get("/ops/whatif").text)
+    assert listing.count("done") == 2 and "olga" in listing

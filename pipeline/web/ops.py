@@ -453,8 +453,8 @@ def add_ops_pages(app: FastAPI, ctx: WebContext) -> None:
                               "saved. Check the values in force below and save again.")
                 return thresholds_page(request, 409, errors=errors, reason=reason)
             if field_errors or errors:
-                return thresholds_page(request, 400, values=submitted, field_errors=field_errors,
-                                       errors=[*field_errors.values(), *errors], reason=reason)
+                return thresholds_page(request, 400, values=submitted, field_errors=field_errors, errors=errors,
+                                       reason=reason)
             if not values:
                 _flash(request, "error", "Nothing to save: every value is the one in force.")
                 return RedirectResponse("/ops/thresholds", status_code=303)
