@@ -237,6 +237,7 @@ def test_what_if_report_shows_reviewer_precision_next_to_write_off_precision_and
 # --- the checkpoint on the embedded broker ---------------------------------------------------
 
 
+@pytest.mark.broker
 def test_checkpoints_are_found_by_key_models_and_feedback(broker, unique_prefix):
     from streams.admin import ensure_topics
     from streams.app import checkpoint_topic_name
@@ -293,3 +294,96 @@ def test_cli_backtest_replays_a_verdicts_file_and_alerts_sort_by_confirm_probabi
                              "confirm", "--json"], capture_output=True, text=True, timeout=120, env=env)
     assert listed.returncode == 0, listed.stderr
     assert [a["alert_id"] for a in json.loads(listed.stdout)] == [high, low]
+
+
+# --- end to end: a worker on the embedded broker --------------------------------------------
+
+
+def _wait(check, what: str, worker, timeout: float = 60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        assert worker.alive(), f"worker died while waiting for {what}:\n{worker.stderr_tail()}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout:g} s:\n{worker.stderr_tail()}")
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_worker_learns_verdicts_from_the_store_once_across_a_restart(broker, unique_prefix, tmp_path, workers):
+    import json
+    from datetime import date, timedelta
+
+    from sinks.store import AlertStore
+    from tests.worker_harness import cli_env, publish, settings_of
+
+    env = cli_env(broker, unique_prefix, f"g-{unique_prefix}", tmp_path / "data", CREDITWATCH_THRESHOLD_POLL_MS=300)
+    settings = settings_of(env)
+    worker = workers(env, "first")
+    worker.wait_ready(60)
+    store = AlertStore(settings.resolved_database_url)
+    today = date.today()
+
+    def raise_judgment(customer: str, high: bool) -> None:
+        now = datetime.now(timezone.utc).isoformat()
+        events = [
+            ("customers", {"type": "customer.registered", "name": customer, "country": "DE", "credit_limit": "10000",
+                           "currency": "EUR", "payment_terms_days": 30}),
+            ("invoices", {"type": "invoice.issued", "invoice_id": f"{customer}-1", "amount": "9500.00" if high else
+                          "1000.00", "currency": "EUR", "issued_on": today.isoformat(),
+                          "due_on": (today + timedelta(days=30)).isoformat()}),
+            ("customers", {"type": "customer.legal_event", "kind": "court_judgment"}),
+        ]
+        publish(settings.bootstrap_servers, [
+            (settings.topic(topic), customer.encode(), json.dumps(
+                {"event_id": f"{customer}-{i}", "customer_id": customer, "occurred_at": now, **body}).encode())
+            for i, (topic, body) in enumerate(events)])
+
+    def judgment_of(customer: str) -> dict | None:
+        found = store.list_alerts(customer=customer, detector="legal_event")
+        return found[0] if found else None
+
+    for i in range(11):  # min_verdicts is 20: 22 verdicts make the model ready
+        raise_judgment(f"L{i}", high=False)
+        raise_judgment(f"H{i}", high=True)
+    for i in range(11):
+        low = _wait(lambda: judgment_of(f"L{i}"), f"alert of L{i}", worker)
+        high = _wait(lambda: judgment_of(f"H{i}"), f"alert of H{i}", worker)
+        assert low["confirm_probability"] is None
+        store.change_status(low["alert_id"], "false_positive", "anna", note="judgment paid")
+        store.change_status(high["alert_id"], "resolved", "anna", note="credit hold")
+
+    def learned_alert(customer: str, high: bool) -> dict:
+        raise_judgment(customer, high)
+        return _wait(lambda: (a := judgment_of(customer)) and a, f"alert of {customer}", worker)
+
+    # The worker learns the verdicts within a few polls; a new alert then carries the estimate.
+    probe = 0
+    while True:
+        alert = learned_alert(f"P{probe}", high=False)
+        if alert["confirm_probability"] is not None or probe >= 40:
+            break
+        probe += 1
+    assert alert["confirm_probability"] is not None, worker.stderr_tail()
+    assert "learned from 22 verdicts" in alert["reasons"][-1]["message"]
+    high_alert = learned_alert("P-high", high=True)
+    assert alert["confirm_probability"] < high_alert["confirm_probability"]
+
+    assert worker.terminate() == 0  # a clean stop checkpoints the models
+    again = workers(env, "second")
+    again.wait_ready(60)
+    assert "restored the reviewer-feedback model (22 verdicts learned)" in again.stderr_text()
+    worker = again
+    store.change_status(high_alert["alert_id"], "resolved", "ben", note="hold agreed")
+    last = None
+    for n in range(40):
+        last = learned_alert(f"Q{n}", high=True)
+        if "learned from 23 verdicts" in last["reasons"][-1]["message"]:
+            break
+    # Only the one new verdict was learned after the restart, none of the 22 again.
+    assert "learned from 23 verdicts" in last["reasons"][-1]["message"], last["reasons"][-1]
+    store.close()
