@@ -155,6 +155,30 @@ def test_page_shows_every_option_with_value_and_allowed_range(client):
         assert f'name="opt:{key}"' in page, key
 
 
+def form_values(page: str) -> dict[str, str]:
+    """What a browser submits for the thresholds form as shown (inputs' values, selects' selected options)."""
+    values = {name: unescape(value) for name, value in
+              re.findall(r'<input id="opt-[^"]+" name="(opt:[^"]+)" value="([^"]*)"', page)}
+    for name, options in re.findall(r'<select id="opt-[^"]+" name="(opt:[^"]+)"[^>]*>(.*?)</select>', page, re.S):
+        values[name] = re.search(r'<option value="([^"]+)" selected>', options).group(1)
+    return values
+
+
+def test_the_whole_form_submitted_as_shown_changes_nothing_and_one_edit_changes_one_key(client, sqlite_ops_store):
+    as_user(client, "olga")
+    page = client.get("/ops/thresholds").text
+    values = form_values(page)
+    assert len(values) == len(tuning._flat(Thresholds()))
+    data = {"csrf_token": csrf_of(page), "base_version": "0", "reason": "no-op", **values}
+    response = client.post("/ops/thresholds", data=data, follow_redirects=False)
+    assert response.status_code == 303 and sqlite_ops_store.threshold_changes() == []
+    assert "Nothing to save" in text_of(client.get("/ops/thresholds").text)
+    data.update({"opt:composite.ignore": '["risk_score"]', "reason": "composite counts limit reviews"})
+    assert client.post("/ops/thresholds", data=data, follow_redirects=False).status_code == 303
+    assert tuning.history(sqlite_ops_store)[0]["changes"] == [
+        {"key": "composite.ignore", "old": ("credit_limit_review", "risk_score"), "new": ("risk_score",)}]
+
+
 def test_invalid_value_is_refused_naming_the_key_and_range_and_nothing_is_saved(client, sqlite_ops_store):
     as_user(client, "olga")
     with pytest.raises(ThresholdError) as cli:  # what `creditwatch thresholds set` answers

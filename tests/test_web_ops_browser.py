@@ -68,6 +68,7 @@ def test_ops_user_changes_a_threshold_with_a_reason_and_sees_the_new_version_in_
     text = row.inner_text()
     assert re.search(r"credit_limit\.warning_utilisation\s*: 1\.0 → 0\.9", text), text
     assert "olga" in text and "Warn before the limit is reached" in text
+    assert row.locator("ul.changes li").count() == 1  # the other ~90 fields went back unchanged
     shot(page, "ops-02-thresholds-saved")
     assert [(e["version"], e["changed_by"]) for e in history(server.store)] == [(1, "olga")]
     assert page.problems == []  # type: ignore[attr-defined]  (no console errors, no CSP violations)
