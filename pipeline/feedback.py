@@ -22,9 +22,11 @@ so that "detector X on customers with low utilisation is noise" is learnable. Th
 (``alert["feedback"]``, stored in the ``alerts.feedback`` column), so a
 verdict given days later is learned on exactly what the model saw.
 
-**The model.** A river logistic regression on hand-scaled features (no online
-scaler, so a fresh model and a restored one mean the same), starting at the
-prior ``prior_confirm_rate`` (the intercept) with no weights: until it has
+**The model.** A river logistic regression (AdaGrad: frequent features such
+as the bands everyone falls in take smaller steps, so one verdict does not
+swing the estimate) on hand-scaled features (no online scaler, so a fresh
+model and a restored one mean the same), starting at the prior
+``prior_confirm_rate`` (the intercept) with no weights: until it has
 learned ``min_verdicts`` verdicts it gives no estimate at all. Score before
 learn: each verdict is first predicted, then learned, so :meth:`metrics` is
 progressive validation (ROC AUC, log loss) on verdicts the model had not seen.
