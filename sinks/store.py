@@ -53,6 +53,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -103,7 +104,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: Every migration in ``migrations/versions``, oldest first; the last is the schema
 #: this code needs. (tests/test_store.py checks this against Alembic, so that
 #: checking the schema at start needs no Alembic import.)
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0005")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0005", "0006")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 SEVERITIES = ("info", "warning", "critical")
@@ -204,6 +205,12 @@ class Base(DeclarativeBase):
 SEARCH_TEXT_SQL = "lower(alert_id || ' ' || customer_id || ' ' || coalesce(customer_name, '') || ' ' || title)"
 
 
+#: What the inbox search looks for a customer's name or id in (``pipeline.web.queries.find_customers``):
+#: ``lower(coalesce(name, '') || ' ' || customer_id)``, spelt as PostgreSQL shows it back (so that the
+#: schema check compares equal).
+CUSTOMER_SEARCH_SQL = "lower((COALESCE(name, ''::character varying)::text || ' '::text) || customer_id::text)"
+
+
 def _in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -213,22 +220,22 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     alert_id: Mapped[str] = mapped_column(String(64), unique=True)
-    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
     customer_name: Mapped[str | None] = mapped_column(String(200))
-    detector: Mapped[str] = mapped_column(String(64), index=True)
-    severity: Mapped[str] = mapped_column(String(16), index=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
     severity_rank: Mapped[int] = mapped_column(SmallInteger)
     title: Mapped[str] = mapped_column(Text)
     reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     score: Mapped[float | None] = mapped_column(Float)
     event_ids: Mapped[list[str]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     revision: Mapped[int] = mapped_column(Integer)
     threshold_version: Mapped[int | None] = mapped_column(Integer)
-    assignee: Mapped[str | None] = mapped_column(String(64), index=True)
+    assignee: Mapped[str | None] = mapped_column(String(64))
     slack_channel: Mapped[str | None] = mapped_column(String(64))
     slack_ts: Mapped[str | None] = mapped_column(String(64))
-    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: lower-cased alert_id, customer_id, customer_name and title: one LIKE for the inbox search box.
@@ -245,6 +252,14 @@ class Alert(Base):
         # The inbox: open alerts, worst first, newest first.
         Index("ix_alerts_status_severity_rank_raised_at", "status", "severity_rank", "raised_at"),
         Index("ix_alerts_assignee_status", "assignee", "status"),
+        # One index per inbox sort, with the id (the tie-breaker) and the status filter in it: a page's ids
+        # come from the index alone (migration 0006; pipeline.web.queries).
+        Index("ix_alerts_severity_rank_raised_at_id_status", "severity_rank", "raised_at", "id", "status"),
+        Index("ix_alerts_raised_at_id_status", "raised_at", "id", "status"),
+        Index("ix_alerts_updated_at_id_status", "updated_at", "id", "status"),
+        Index("ix_alerts_detector_severity_rank_raised_at_id", "detector", "severity_rank", "raised_at", "id"),
+        # A customer's alerts (the customer page, a search naming customers), counted and sorted from here.
+        Index("ix_alerts_customer_inbox", "customer_id", "raised_at", "id", "severity_rank", "status", "updated_at"),
         Index("ix_alerts_status_confirm_probability", "status", "confirm_probability"),
         # Inbox search: a trigram GIN index on PostgreSQL (where pg_trgm is available, see migration
         # 0003); on SQLite a plain index, which a count of matches scans instead of the whole table.
@@ -342,7 +357,12 @@ class CustomerPositionRow(Base):
     risk_score: Mapped[float | None] = mapped_column(Float, index=True)
 
     # Searching customers by name or id reads this small index, not the rows (with their JSON).
-    __table_args__ = (Index("ix_customer_positions_name_customer_id", "name", "customer_id"),)
+    __table_args__ = (
+        Index("ix_customer_positions_name_customer_id", "name", "customer_id"),
+        # PostgreSQL (with pg_trgm): a trigram index on what the inbox search looks in (migration 0006).
+        Index("ix_customer_positions_search_trgm", text(CUSTOMER_SEARCH_SQL), postgresql_using="gin")
+        .ddl_if(dialect="postgresql"),
+    )
 
 
 class CustomerEventRow(Base):
@@ -774,6 +794,8 @@ class AlertStore:
         self.clock = clock or SystemClock()
         self.engine = make_engine(self.url, connect_timeout)
         self.dialect = self.engine.dialect.name
+        #: The transaction of the reading() block this thread (context) is in, if any.
+        self._shared: ContextVar[Session | None] = ContextVar(f"creditwatch_store_{id(self)}", default=None)
 
     def __repr__(self) -> str:
         return f"AlertStore({safe_url(self.url)!r})"
@@ -785,7 +807,28 @@ class AlertStore:
         check_schema_current(self.url)
 
     @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A block whose reads share one transaction: a web page's handful of queries cost one
+        connection checkout, one BEGIN and one COMMIT, not one each. Writes inside it still get
+        their own transaction; a nested block joins the outer one.
+        """
+        if self._shared.get() is not None:
+            yield
+            return
+        with self._session() as session:
+            token = self._shared.set(session)
+            try:
+                yield
+            finally:
+                self._shared.reset(token)
+
+    @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
+        shared = None if write else self._shared.get()
+        if shared is not None:  # inside reading(): its transaction
+            with _translated():
+                yield shared
+            return
         with _translated():
             with Session(self.engine, expire_on_commit=False, autoflush=False) as session:
                 with session.begin():

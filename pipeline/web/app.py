@@ -606,25 +606,17 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
             "status": STATUS_FILTERS[status], "severity": severity or None, "detector": detector or None,
             "assignee": ("" if assignee == UNASSIGNED else assignee) if assignee else None, "search": q or None,
         }
-        if q:
-            # Customers named by the search, from a small index; their alerts then come by customer_id.
-            # Too many (or none: a customer without a stored position) → the store's text search.
-            customers = queries.find_customers(ctx.store, q)
-            if customers:
-                filters.update(customer=customers, search=None)
-        total = ctx.store.count_alerts(**filters)
+        # One transaction: customers named by the search (their alerts then come by customer_id), a count
+        # that stops past the next page ("10,000+"), the page by cursor (Previous/Next) or by number.
         size = ctx.web.page_size
-        pages_total = max(1, math.ceil(total / size))
-        page = min(max(page, 1), pages_total)
-        # Previous/Next carry a cursor (the first/last row's sort keys): a deep page costs what page 1 does.
-        # A page number alone (typed in) skips rows instead.
-        cursor = {"after": after[:400] or None, "before": before[:400] or None} if page > 1 else {}
-        result = queries.alerts_page(ctx.store, filters, SORTS[sort], size, **cursor, offset=(page - 1) * size)
+        found = queries.inbox_page(ctx.store, filters, SORTS[sort], size, page, after=after[:400] or None,
+                                   before=before[:400] or None, text=q)
+        result, page, pages_total, total, exact = found.page, found.number, found.pages, found.total, found.exact
         params = {"status": status, "severity": severity, "detector": detector, "assignee": assignee, "q": q,
                   "sort": sort}
-        has_next = result.has_more and page < pages_total
+        has_next = result.has_more and (page < pages_total or not exact)
         return _render(
-            ctx, request, "inbox.html", alerts=result.alerts, total=total, page=page, pages=pages_total,
+            ctx, request, "inbox.html", alerts=result.alerts, total=total, exact=exact, page=page, pages=pages_total,
             params=params, statuses=list(STATUS_FILTERS), severities=SEVERITIES, detectors=detector_names,
             sorts=list(SORTS), unassigned=UNASSIGNED, users=_user_names(ctx),
             prev_url=(_query(params, page=page - 1, before=result.first_cursor) if page > 2 else _query(params))
@@ -727,13 +719,14 @@ def _add_pages(app: FastAPI, ctx: WebContext) -> None:
 
     @pages.get("/customers/{customer_id:path}", response_class=HTMLResponse)
     def customer_page(request: Request, customer_id: str) -> Response:
-        position = ctx.store.get_position(customer_id)
-        alerts = ctx.store.list_alerts(customer=customer_id, order="-raised_at", limit=100)
-        if position is None and not alerts:
-            raise HTTPException(status_code=404, detail=f"There is no customer {customer_id} in the store.")
-        history = ctx.store.customer_history(customer_id, limit=365)
-        events = ctx.store.customer_events(customer_id, limit=200)
-        changes = queries.customer_alert_history(ctx.store, customer_id, limit=200)
+        with ctx.store.reading():  # the page's queries in one transaction (one round trip to begin and end)
+            position = ctx.store.get_position(customer_id)
+            alerts = ctx.store.list_alerts(customer=customer_id, order="-raised_at", limit=100)
+            if position is None and not alerts:
+                raise HTTPException(status_code=404, detail=f"There is no customer {customer_id} in the store.")
+            history = ctx.store.customer_history(customer_id, limit=365)
+            events = ctx.store.customer_events(customer_id, limit=200)
+            changes = queries.customer_alert_history(ctx.store, customer_id, limit=200)
         timeline = [{"at": e["occurred_at"], "kind": "event", "item": e} for e in events]
         timeline += [{"at": c["at"], "kind": "alert", "item": c} for c in changes]
         timeline.sort(key=lambda entry: entry["at"] or "", reverse=True)

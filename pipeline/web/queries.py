@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Date, and_, cast, func, or_, select
+from sqlalchemy import Date, String, and_, any_, bindparam, cast, func, literal_column, or_, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from pipeline.ledger import AGING_BUCKETS
 from sinks.store import (
@@ -29,7 +32,6 @@ from sinks.store import (
     SEVERITIES,
     RiskSnapshotRow,
     UTCDateTime,
-    alert_json,
 )
 
 CENT = Decimal("0.01")
@@ -66,31 +68,37 @@ def find_customers(store: AlertStore, text: str, limit: int = 2000) -> list[str]
     the inbox can then take the alerts of those customers by ``customer_id``
     instead of scanning every alert's text.
     """
+    with store._session() as session:
+        return _find_customers(session, text, limit)
+
+
+def _find_customers(session: Session, text: str, limit: int) -> list[str] | None:
     words = text.lower().split()
     if not words:
         return []
-    haystack = func.lower(func.coalesce(CustomerPositionRow.name, "") + " " + CustomerPositionRow.customer_id)
+    haystack = func.coalesce(CustomerPositionRow.name, literal_column("''")) + literal_column("' '") \
+        + CustomerPositionRow.customer_id
+    if session.get_bind().dialect.name != "sqlite":  # (SQLite's LIKE ignores ASCII case, as far as its lower() goes)
+        # Written as migration 0006's trigram index on PostgreSQL has it (literals, not parameters), so it is used.
+        haystack = func.lower(haystack)
     query = select(CustomerPositionRow.customer_id)
     for word in words:
         escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(haystack.like(f"%{escaped}%", escape="\\"))
-    with store._session() as session:
-        found = list(session.execute(query.limit(limit + 1)).scalars())
+    found = list(session.execute(query.limit(limit + 1)).scalars())
     return None if len(found) > limit else found
 
 
 def _sort_keys(order: str) -> list[tuple[Any, bool]]:
-    """The store's ``ORDERS[order]`` as (column, descending) pairs; the last one is the unique ``id``."""
+    """The store's ``ORDERS[order]`` as (expression, descending) pairs; the last one is the unique ``id``."""
     from sqlalchemy.sql import operators
 
     return [(term.element, term.modifier is operators.desc_op) for term in ORDERS[order]]
 
 
-def encode_cursor(row: Alert, order: str) -> str:
-    values = []
-    for column, _ in _sort_keys(order):
-        value = getattr(row, column.key)
-        values.append(value.isoformat() if isinstance(value, datetime) else value)
+def encode_cursor(values: list[Any]) -> str:
+    """A page boundary: the sort-key values of its row, as URL-safe text."""
+    values = [value.isoformat() if isinstance(value, datetime) else value for value in values]
     return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
@@ -111,6 +119,8 @@ def decode_cursor(token: str, order: str) -> list[Any] | None:
                 value = datetime.fromisoformat(value)
             elif python_type is int:
                 value = int(value)
+            elif python_type is float:
+                value = float(value)
             elif not isinstance(value, str):
                 return None
         except (TypeError, ValueError):
@@ -133,6 +143,58 @@ def _beyond(order: str, values: list[Any], forward: bool) -> Any:
     return and_(bound, or_(*alternatives))
 
 
+#: A count stops past this many alerts (the inbox shows "10,000+"): counting costs at most this many
+#: index entries however large the store, and a page deeper than this counts only as far as it.
+COUNT_LIMIT = 10_000
+
+
+def count_alerts(store: AlertStore, filters: Mapping[str, Any], limit: int = COUNT_LIMIT) -> int:
+    """How many alerts match ``filters`` (as :func:`alerts_page` takes them), up to ``limit``:
+    ``limit + 1`` means "more than ``limit``".
+
+    Selects nothing but a constant, so the database counts from an index alone where one covers the
+    filters (PostgreSQL: an index-only scan) and stops at ``limit + 1`` rows.
+    """
+    with store._session() as session:
+        return _count(session, store, filters, limit)
+
+
+def _count(session: Session, store: AlertStore, filters: Mapping[str, Any], limit: int) -> int:
+    matching = _filtered(store, select(literal_column("1")), filters).limit(limit + 1).subquery()
+    return int(session.execute(select(func.count()).select_from(matching)).scalar_one())
+
+
+#: Up to this many customers a search names go into the statement one by one (``IN (?, ?, …)``); more
+#: go as one parameter (a PostgreSQL array, a JSON list on SQLite): hundreds of parameters cost more
+#: to render, send and plan than the query costs to run.
+INLINE_CUSTOMERS = 50
+
+
+def _filtered(store: AlertStore, query: Any, filters: Mapping[str, Any]) -> Any:
+    customers = filters.get("customer")
+    many = customers is not None and not isinstance(customers, str) and len(customers) > INLINE_CUSTOMERS
+    query = store._filtered(query.select_from(Alert), filters.get("status"), filters.get("severity"),
+                            filters.get("detector"), filters.get("assignee"), None if many else customers,
+                            filters.get("search"))
+    if many:
+        values = [str(value) for value in customers]
+        if store.dialect == "postgresql":
+            query = query.where(Alert.customer_id == any_(bindparam(None, values, type_=postgresql.ARRAY(String))))
+        else:
+            listed = func.json_each(json.dumps(values)).table_valued("value")
+            query = query.where(Alert.customer_id.in_(select(listed.c.value)))
+    return query
+
+
+#: What an inbox row shows (and sorts by): every column but the large ones (reasons, evidence ids,
+#: feedback, the search text), which the inbox never shows.
+_LARGE_COLUMNS = frozenset({"reasons", "event_ids", "feedback", "search_text"})
+
+
+def _inbox_columns() -> list[Any]:
+    return [column for column in Alert.__table__.columns if column.key not in _LARGE_COLUMNS]
+
+
 @dataclass
 class AlertPage:
     alerts: list[dict[str, Any]]
@@ -146,31 +208,90 @@ def alerts_page(
     after: str | None = None, before: str | None = None, offset: int = 0,
 ) -> AlertPage:
     """One inbox page by keyset ("seek") pagination: the page after/before a cursor costs an index
-    lookup however deep it is; without a (valid) cursor, ``offset`` rows are skipped instead."""
-    base = store._filtered(select(Alert), filters.get("status"), filters.get("severity"), filters.get("detector"),
-                           filters.get("assignee"), filters.get("customer"), filters.get("search"))
+    lookup however deep it is; without a (valid) cursor, ``offset`` rows are skipped instead.
+
+    Two steps in one statement: the ids of the page are found first (sort keys and filters only, so
+    an index can answer it and skipping ``offset`` rows reads index entries, not rows), then only
+    those rows are read, without the columns the inbox does not show.
+    """
+    with store._session() as session:
+        return _page(session, store, filters, order, limit, after, before, offset)
+
+
+def _page(
+    session: Session, store: AlertStore, filters: Mapping[str, Any], order: str, limit: int,
+    after: str | None, before: str | None, offset: int,
+) -> AlertPage:
     keys = _sort_keys(order)
+    ids = _filtered(store, select(Alert.id), filters)
     backward = False
     if after and (values := decode_cursor(after, order)) is not None:
-        query = base.where(_beyond(order, values, True)).order_by(*ORDERS[order])
+        ids = ids.where(_beyond(order, values, True)).order_by(*ORDERS[order])
     elif before and (values := decode_cursor(before, order)) is not None:
         backward = True
-        query = base.where(_beyond(order, values, False)).order_by(
+        ids = ids.where(_beyond(order, values, False)).order_by(
             *[column.asc() if descending else column.desc() for column, descending in keys])
     else:
-        query = base.order_by(*ORDERS[order]).offset(offset)
+        ids = ids.order_by(*ORDERS[order]).offset(offset)
+    columns = _inbox_columns()
+    sort_values = [column.label(f"sort_{i}") for i, (column, _) in enumerate(keys)]
+    query = select(*columns, *sort_values).where(Alert.id.in_(ids.limit(limit + 1))).order_by(*ORDERS[order])
+    rows = list(session.execute(query))
+    more = len(rows) > limit
+    # (before a cursor the database took the rows nearest to it: the last ones in the order)
+    rows = rows[-limit:] if backward else rows[:limit]
+    alerts = []
+    for row in rows:
+        alert = {column.key: value for column, value in zip(columns, row)}
+        for moment in ("raised_at", "updated_at", "stored_at"):
+            alert[moment] = _iso(alert.get(moment))
+        alerts.append(alert)
+    width = len(columns)
+    return AlertPage(
+        alerts=alerts,
+        first_cursor=encode_cursor(list(rows[0][width:])) if rows else None,
+        last_cursor=encode_cursor(list(rows[-1][width:])) if rows else None,
+        has_more=True if backward else more,
+    )
+
+
+@dataclass
+class Inbox:
+    page: AlertPage
+    number: int  # the page shown (the one asked for, within 1..pages)
+    pages: int
+    total: int  # alerts matching, counted as far as ``number + 1`` pages (at least COUNT_LIMIT)
+    exact: bool  # False: there are more than ``total``
+
+
+def inbox_page(
+    store: AlertStore, filters: Mapping[str, Any], order: str, size: int, page: int = 1,
+    after: str | None = None, before: str | None = None, text: str | None = None,
+) -> Inbox:
+    """The inbox's page ``page`` of ``size`` alerts, in one transaction (a few statements).
+
+    ``text``: a search for customers by name or id first (:func:`find_customers`), whose alerts
+    are then taken by ``customer_id``; too many (or none: a customer without a stored position)
+    → ``filters["search"]``, the alerts' own text, instead. Previous/Next carry a cursor (the
+    first/last row's sort keys), so a deep page costs what page 1 does; a page number alone (typed
+    in) skips index entries instead. The count stops at the page after this one, at least
+    :data:`COUNT_LIMIT` alerts: "10,000+".
+    """
+    filters = dict(filters)
     with store._session() as session:
-        rows = list(session.execute(query.limit(limit + 1)).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        if backward:
-            rows.reverse()
-        return AlertPage(
-            alerts=[alert_json(row) for row in rows],
-            first_cursor=encode_cursor(rows[0], order) if rows else None,
-            last_cursor=encode_cursor(rows[-1], order) if rows else None,
-            has_more=True if backward else more,
-        )
+        if text:
+            customers = _find_customers(session, text, 2000)
+            if customers:
+                filters.update(customer=customers, search=None)
+        counted = max(COUNT_LIMIT, (min(max(page, 1), 10**9) + 1) * size)
+        total = _count(session, store, filters, counted)
+        exact = total <= counted
+        total = min(total, counted)
+        pages = max(1, math.ceil(total / size))
+        page = min(max(page, 1), pages)
+        cursor = {"after": after, "before": before} if page > 1 else {"after": None, "before": None}
+        result = _page(session, store, filters, order, size, **cursor, offset=(page - 1) * size)
+    return Inbox(page=result, number=page, pages=pages, total=total, exact=exact)
 
 
 def customer_alert_history(store: AlertStore, customer_id: str, limit: int = 200) -> list[dict[str, Any]]:
