@@ -10,6 +10,7 @@ wake-ups, not with customers × days.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import sys
 import time
@@ -158,20 +159,29 @@ def run_backtest(
             result.rejected.append({"line": number, "reason": refused.reason})
     # History is replayed in event-time order (stable: file order breaks ties).
     parsed.sort(key=lambda item: item[0].occurred_at)
-    for done, (event, number) in enumerate(parsed, start=1):
-        try:
-            before = replay.records.get(event.customer_id)
-            duplicate = before is not None and before.ledger.has_seen(event.event_id)
-            if feedback is not None:
-                feedback.learn_until(event.occurred_at.date())
-            collect(replay.apply(event))
-        except LedgerRejected as refused:
-            result.rejected.append({"line": number, "reason": refused.reason})
-            continue
-        result.events += 1
-        result.duplicates += duplicate
-        if progress is not None and done % 5000 == 0:
-            progress(done)
+    # The replay makes next to no reference cycles (a few hundred objects over a year of 1,000
+    # customers), but the cyclic collector would walk every customer's growing state again and
+    # again: about 15 % of the replay's time. Paused for the replay, back on afterwards.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for done, (event, number) in enumerate(parsed, start=1):
+            try:
+                before = replay.records.get(event.customer_id)
+                duplicate = before is not None and before.ledger.has_seen(event.event_id)
+                if feedback is not None:
+                    feedback.learn_until(event.occurred_at.date())
+                collect(replay.apply(event))
+            except LedgerRejected as refused:
+                result.rejected.append({"line": number, "reason": refused.reason})
+                continue
+            result.events += 1
+            result.duplicates += duplicate
+            if progress is not None and done % 5000 == 0:
+                progress(done)
+    finally:
+        if collecting:
+            gc.enable()
     result.rejected.sort(key=lambda item: item["line"])
     collect(replay.finish(until))
     result.records = replay.records
