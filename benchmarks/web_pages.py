@@ -176,9 +176,14 @@ def measure(url: str, runs: int, data: dict[str, Any], rng: random.Random) -> di
         "inbox all, newest, page 1000 typed (offset)": lambda: "/alerts?status=all&sort=newest&page=1000",
         "inbox critical + detector": lambda: "/alerts?status=all&severity=critical&detector=overdue",
         "inbox assignee, last updated": lambda: "/alerts?assignee=olga&sort=updated",
+        "inbox unassigned, newest": lambda: "/alerts?assignee=%28unassigned%29&sort=newest",
+        "inbox acknowledged + warning, last updated": lambda: "/alerts?status=acknowledged&severity=warning&sort=updated",
+        "inbox by customer": lambda: "/alerts?sort=customer",
+        "inbox detector, newest, page 40 typed": lambda: "/alerts?status=all&detector=legal_event&sort=newest&page=40",
         "inbox search: customer id": lambda: f"/alerts?status=all&q={rng.choice(customers)}",
         "inbox search: name word": lambda: f"/alerts?status=all&q={rng.choice(WORDS)}",
         "inbox search: full name": lambda: f"/alerts?status=all&q={names[rng.choice(customers)].replace(' ', '+')}",
+        "inbox search: a title word, no customer (alert text)": lambda: f"/alerts?status=all&q={rng.choice(DETECTORS)}",
         "customer page": lambda: f"/customers/{rng.choice(customers)}",
         "alert page": lambda: f"/alerts/{rng.choice(alerts)}",
         "portfolio": lambda: "/portfolio",
@@ -245,7 +250,23 @@ def postgres_database() -> Iterator[str | None]:
         admin.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def _server(url: str) -> str:
+    engine = create_engine(AlertStore(url).url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                return "SQLite " + connection.exec_driver_sql("select sqlite_version()").scalar()
+            return " ".join(connection.exec_driver_sql("select version()").scalar().split()[:2])
+    finally:
+        engine.dispose()
+
+
+def report(argv: list[str] | None = None) -> str:
+    """Seed, measure and return the markdown section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=100_000)
     parser.add_argument("--customers", type=int, default=10_000)
@@ -262,20 +283,27 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             upgrade_database(url)
             data = seed(url, args.alerts, args.customers)
-            notes.append(f"{database}: seeded {args.alerts:,} alerts, {args.customers:,} customers "
-                         f"in {data['seconds']:.0f} s")
-            print(notes[-1], file=sys.stderr, flush=True)
+            load_before = _load()
             results[database] = measure(url, args.runs, data, random.Random(11))
+            notes.append(f"{database} ({_server(url)}): seeded in {data['seconds']:.0f} s; load average "
+                         f"(1/5/15 min) {load_before} before the renders, {_load()} after")
+            print(notes[-1], file=sys.stderr, flush=True)
     if not results:
-        print("no database to measure", file=sys.stderr)
-        return 1
+        raise RuntimeError("no database to measure")
     databases = list(results)
     pages = list(next(iter(results.values())))
-    header = "| page | " + " | ".join(f"{d} p50 ms | {d} p95 ms" for d in databases) + " |"
-    print(f"\nWeb pages, {args.alerts:,} alerts / {args.customers:,} customers, {args.runs} renders each "
-          f"(in-process ASGI, goal p95 < {GOAL_MS:.0f} ms)\n")
-    print(header)
-    print("|" + " --- |" * (1 + 2 * len(databases)))
+    lines = [
+        "## Web pages on a large store",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/web_pages.py`: fresh databases at the "
+        f"current schema with {args.alerts:,} alerts (and their history), {args.customers:,} customers "
+        f"({args.customers * 30:,} risk snapshots, {args.customers * 10:,} events); each page rendered "
+        f"{args.runs} times in-process through the ASGI app (routing, session, database, template; no network), "
+        f"on {os.cpu_count()} CPU cores shared with whatever else ran. Goal: p95 < {GOAL_MS:.0f} ms.",
+        "",
+        "| page | " + " | ".join(f"{d} p50 ms | {d} p95 ms" for d in databases) + " |",
+        "| --- |" + " ---: |" * (2 * len(databases)),
+    ]
     slow = []
     for page in pages:
         cells = []
@@ -285,12 +313,20 @@ def main(argv: list[str] | None = None) -> int:
             if p95 >= GOAL_MS:
                 slow.append(f"{page} on {database}")
             cells += [f"{p50:.1f}", f"{p95:.1f}" + (" ⚠" if p95 >= GOAL_MS else "")]
-        print(f"| {page} | " + " | ".join(cells) + " |")
-    print()
-    for note in notes:
-        print(f"- {note}")
-    if slow:
-        print(f"- over the goal: {', '.join(slow)}")
+        lines.append(f"| {page} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {note}" for note in notes]
+    lines.append(f"- over the goal: {', '.join(slow)}" if slow else f"- every page under {GOAL_MS:.0f} ms at p95")
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False) -> str:
+    """For ``benchmarks.run``: the full size, or a small smoke test with ``quick``."""
+    return report(["--alerts", "5000", "--customers", "500", "--runs", "5"] if quick else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(report(argv))
     return 0
 
 

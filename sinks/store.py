@@ -808,8 +808,8 @@ class AlertStore:
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """A block whose reads share one transaction: a web page's handful of queries cost one
-        connection checkout, one BEGIN and one COMMIT, not one each. Writes inside it still get
+        """A block whose reads share one session: a web page's handful of queries cost one
+        connection checkout (on SQLite one transaction), not one each. Writes inside it still get
         their own transaction; a nested block joins the outer one.
         """
         if self._shared.get() is not None:
@@ -832,7 +832,12 @@ class AlertStore:
         with _translated():
             with Session(self.engine, expire_on_commit=False, autoflush=False) as session:
                 with session.begin():
-                    session.connection(execution_options={"creditwatch_write": write})
+                    options: dict[str, Any] = {"creditwatch_write": write}
+                    if not write and self.dialect == "postgresql":
+                        # Reads without BEGIN and COMMIT (two round trips fewer): at READ COMMITTED each
+                        # statement sees its own snapshot whether or not a transaction groups them.
+                        options["isolation_level"] = "AUTOCOMMIT"
+                    session.connection(execution_options=options)
                     yield session
 
     def _insert(self, model: type[Base]) -> Any:
