@@ -28,6 +28,7 @@ import detectors  # noqa: F401 - registers the built-in detectors
 from detectors.base import REGISTRY, DetectionContext, Detector, ModelSignals
 from detectors.config import Thresholds
 from pipeline.alerts import AlertBook, AlertUpdate, settle
+from pipeline import codec
 from pipeline.config import LedgerConfig
 from pipeline.events import Event
 from pipeline.ledger import (
@@ -43,6 +44,7 @@ from pipeline.ledger import (
 
 #: How long findings are remembered for composite detectors.
 RECENT_FINDINGS_DAYS = 180
+_RECENT = timedelta(days=RECENT_FINDINGS_DAYS)
 #: Days after the due date on which an open invoice moves to the next aging bucket.
 _AGING_STEPS = (1, 31, 61, 91)
 
@@ -83,12 +85,14 @@ class CustomerRecord:
 
 
 def encode_record(record: CustomerRecord) -> bytes:
-    return json.dumps({"l": state_to_dict(record.ledger), "r": record.risk.to_json()}, separators=(",", ":")).encode()
+    """The record's bytes in the changelog (``pipeline.codec``: a format byte, then compact compressed JSON)."""
+    return codec.encode(record.ledger, record.risk.to_json())
 
 
 def decode_record(raw: bytes) -> CustomerRecord:
-    data = json.loads(raw)
-    return CustomerRecord(state_from_dict(data["l"]), RiskState.from_json(data["r"]))
+    """A record from its changelog bytes, in the current format or any earlier one (plain JSON included)."""
+    ledger, risk = codec.decode(raw)
+    return CustomerRecord(ledger, RiskState.from_json(risk))
 
 
 class ModelSuite(Protocol):
@@ -143,6 +147,11 @@ class RiskEngine:
         for detector in self.detectors:
             for trigger in detector.triggers:
                 self._by_trigger.setdefault(trigger, []).append(detector)
+        # (name, bound detect, detector) per trigger: the loop of _evaluate looks nothing up.
+        self._runs: dict[str, tuple[tuple[str, Any, Detector], ...]] = {
+            trigger: tuple((d.name, d.detect, d) for d in found) for trigger, found in self._by_trigger.items()
+        }
+        self._aging_first = _AGING_STEPS[0]
 
     # --- entry points ---------------------------------------------------------
 
@@ -158,13 +167,13 @@ class RiskEngine:
         apply(record.ledger, event, self.ledger_config)
         today = now.date()
         signals = self.models.on_event(record, event, today)
-        updates = self._evaluate(record, event, today, now, signals, self._by_trigger.get(event.type, ()))
+        updates = self._evaluate(record, event, today, now, signals, self._runs.get(event.type, ()))
         return record, updates
 
     def on_tick(self, record: CustomerRecord, now: datetime) -> list[AlertUpdate]:
         today = now.date()
         signals = self.models.on_tick(record, today)
-        return self._evaluate(record, None, today, now, signals, self._by_trigger.get("tick", ()))
+        return self._evaluate(record, None, today, now, signals, self._runs.get("tick", ()))
 
     def next_wake(self, record: CustomerRecord, today: date) -> date | None:
         """The first day after ``today`` on which time alone can change this customer's alerts.
@@ -176,14 +185,19 @@ class RiskEngine:
         """
         t = today.toordinal()
         best = 0  # the earliest day after today so far (0: none)
+        first, steps = self._aging_first, _AGING_STEPS
         for view in open_views(record.ledger, self.ledger_config):
             due = view.due_on.toordinal()
-            for offset in _AGING_STEPS:
-                day = due + offset
-                if day > t:
-                    if not best or day < best:
-                        best = day
-                    break  # the later steps of this invoice come after this one
+            day = due + first
+            if day <= t:  # past its first step: the next step still ahead, if any
+                for offset in steps:
+                    day = due + offset
+                    if day > t:
+                        break
+                else:
+                    continue
+            if not best or day < best:
+                best = day
         if record.ledger.promises:
             grace = self.ledger_config.promise_grace_days + 1
             for promise in record.ledger.promises.values():
@@ -211,29 +225,35 @@ class RiskEngine:
         today: date,
         now: datetime,
         signals: ModelSignals,
-        detectors: Iterable[Detector],
+        runs: Iterable[tuple[str, Any, Detector]],
     ) -> list[AlertUpdate]:
         risk = record.risk
-        horizon = today - timedelta(days=RECENT_FINDINGS_DAYS)
-        if risk.recent and risk.recent[0][0] < horizon:
-            risk.recent = [item for item in risk.recent if item[0] >= horizon]
+        recent = risk.recent
+        if recent:
+            horizon = today - _RECENT
+            if recent[0][0] < horizon:
+                recent = risk.recent = [item for item in recent if item[0] >= horizon]
+        episodes = risk.book.episodes
         # A condition whose episode is still open holds today, even if its detector did not run now.
-        holding = [(today, name) for name, episode in risk.book.episodes.items()
-                   if episode.ended_on is None and name in self._conditions]
+        holding = None
+        if episodes:
+            conditions = self._conditions
+            holding = [(today, name) for name, episode in episodes.items()
+                       if episode.ended_on is None and name in conditions]
         ctx = DetectionContext(
             ledger=record.ledger,
             event=event,
             today=today,
             now=now,
             models=signals,
-            recent_findings=risk.recent + holding if holding else risk.recent,
+            recent_findings=recent + holding if holding else recent,
             ledger_config=self.ledger_config,
         )
         updates: list[AlertUpdate] = []
-        memories, episodes = risk.memory, risk.book.episodes
-        for detector in detectors:
-            name = detector.name
-            findings, memory = detector.detect(ctx, memories.get(name, {}))
+        memories = risk.memory
+        for name, detect, detector in runs:
+            memory = memories.get(name)
+            findings, memory = detect(ctx, {} if memory is None else memory)
             if memory:
                 memories[name] = memory
             elif name in memories:
@@ -244,8 +264,8 @@ class RiskEngine:
                     continue  # nothing found and no open episode to end: settling would change nothing
             else:
                 for finding in findings:
-                    if (today, finding.detector) not in risk.recent[-16:]:
-                        risk.recent.append((today, finding.detector))
+                    if (today, finding.detector) not in recent[-16:]:
+                        recent.append((today, finding.detector))
             update = settle(risk.book, detector, findings, ctx, self.threshold_version)
             if update is not None:
                 updates.append(update)
