@@ -376,6 +376,7 @@ class _Codecs(threading.local):
 
 
 _CODECS = _Codecs()
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 _DICTIONARIES: dict[int, zstandard.ZstdCompressionDict] = {}
 
 
@@ -388,7 +389,7 @@ def _dictionary(number: int) -> zstandard.ZstdCompressionDict:
 
 def layout_json(state: CustomerState, risk: Any) -> bytes:
     """Layout 1 as JSON text, before compression (for benchmarks and dictionary training)."""
-    return json.dumps(_layout(state, risk), separators=(",", ":"), ensure_ascii=False).encode()
+    return _JSON(_layout(state, risk)).encode()
 
 
 def encode(state: CustomerState, risk: Any, fmt: int = CURRENT) -> bytes:
