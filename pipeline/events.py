@@ -387,7 +387,9 @@ def _loads(raw: bytes | str) -> Any:
     else:
         if not isinstance(raw, (bytes, bytearray)):
             raise TypeError(f"the JSON object must be str, bytes or bytearray, not {raw.__class__.__name__}")
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        # json.detect_encoding answers "utf-8" for anything starting with "{" and a non-zero byte.
+        encoding = "utf-8" if raw[:1] == b"{" and raw[1:2] != b"\x00" else json.detect_encoding(raw)
+        text = raw.decode(encoding, "surrogatepass")
     return _DECODER.decode(text)
 
 

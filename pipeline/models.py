@@ -254,7 +254,7 @@ def page_hinkley_update(state: list[float] | None, x: float, delta: float, thres
     if n >= min_instances and total - minimum > threshold:
         before = mean_min if n_min else mean
         now = sum_since / n_since if n_since else x
-        return [0.0, 0.0, 0.0, math.inf, 0.0, 0.0, 0.0, 0.0], DriftResult(_r(before), _r(now))
+        return [0.0, 0.0, 0.0, math.inf, 0.0, 0.0, 0.0, 0.0], DriftResult(round(before, 4), round(now, 4))
     return [n, round(mean, 6), round(total, 6), round(minimum, 6) if minimum != math.inf else minimum, n_min,
             round(mean_min, 6), n_since, round(sum_since, 4)], None
 
@@ -463,7 +463,7 @@ class OnlineModels:
         # "c" (clean): the open invoices in "o" are exactly the ledger's and no cash sits on
         # account, so an invoice or a payment naming one invoice can be applied without a
         # full allocation. A new customer record may sit on an older ledger: not clean.
-        return {"h": [0, 0, _r(g), 0, 0.0, _r(self.portfolio_days_late())], "a": [0, 0.0, 0.0], "o": {},
+        return {"h": [0, 0, round(g, 4), 0, 0.0, round(self.portfolio_days_late(), 4)], "a": [0, 0.0, 0.0], "o": {},
                 "c": 0, "ph": None, "dd": None, "r": None}
 
     def features(self, record: CustomerRecord, amount_base: float, terms_days: int, today: date,
@@ -555,9 +555,9 @@ class OnlineModels:
         anomaly = self._anomaly(m, amount_base)
         terms = (invoice.due_on - invoice.issued_on).days
         feats = self.features(record, amount_base, terms, today, as_of=invoice.issue[0], exclude=invoice_id)
-        p = _r(self.predict(feats), 6)
+        p = round(self.predict(feats), 6)
         m["o"][invoice_id] = [invoice.issued_on.toordinal(), invoice.due_on.toordinal(), p, 0,
-                              _r(amount_base, 2), 1, feats]
+                              round(amount_base, 2), 1, feats]
         if alloc is not None:
             drift = self._sync(record, m, alloc) or drift  # it may be settled already (a held payment)
         return anomaly, alloc, drift
@@ -570,12 +570,12 @@ class OnlineModels:
         if count >= self.anomaly_min_history:
             sd = max(math.sqrt(m2 / (count - 1)), self.anomaly_min_sd)
             z = (x - mean) / sd
-            score = _r(z * z / (1 + z * z)) if z > 0 else 0.0
+            score = round(z * z / (1 + z * z), 4) if z > 0 else 0.0
         count += 1
         delta = x - mean
         mean += delta / count
         m2 += delta * (x - mean)
-        m["a"] = [count, _r(mean, 6), _r(m2, 6)]
+        m["a"] = [count, round(mean, 6), round(m2, 6)]
         return score
 
     def _fast_balance(self, record: CustomerRecord, m: dict[str, Any], event: Event) -> tuple[bool, DriftResult | None]:
@@ -599,7 +599,7 @@ class OnlineModels:
         cash = to_base(payment.receipt[2], payment.receipt[3], config)
         # The invoice had no cash yet and none sits on account: this payment alone decides.
         if cash < due:
-            entry[4], entry[5] = _r(float(due - cash), 2), 0
+            entry[4], entry[5] = round(float(due - cash), 2), 0
             return True, None
         if cash > due:
             return False, None  # the excess goes on account
@@ -624,9 +624,9 @@ class OnlineModels:
                 full = int(view.outstanding_base == view.due_base)
                 if entry is None:
                     open_entries[invoice_id] = [view.issued_on.toordinal(), view.due_on.toordinal(), None, 2,
-                                                _r(float(view.outstanding_base), 2), full, None]
+                                                round(float(view.outstanding_base), 2), full, None]
                 else:
-                    entry[4], entry[5] = _r(float(view.outstanding_base), 2), full
+                    entry[4], entry[5] = round(float(view.outstanding_base), 2), full
                 seen.add(invoice_id)
                 continue
             if entry is None:
@@ -684,7 +684,7 @@ class OnlineModels:
         h = m["h"]
         h[0] += 1
         h[1] += y
-        h[2] = _r((1 - EWM) * h[2] + EWM * y)
+        h[2] = round((1 - EWM) * h[2] + EWM * y, 4)
         entry[3] = 1  # labelled; only its days late are still to come
         entry[6] = None
 
@@ -694,8 +694,8 @@ class OnlineModels:
         self.sum_days_late += x
         h = m["h"]
         h[3] += 1
-        h[4] = _r(h[4] + x, 2)
-        h[5] = _r((1 - EWM) * h[5] + EWM * x, 3)
+        h[4] = round(h[4] + x, 2)
+        h[5] = round((1 - EWM) * h[5] + EWM * x, 3)
         # Drift watches days beyond terms: paying early and paying on time are the same habit here.
         state, drift = page_hinkley_update(_ph_from_json(m["ph"]), max(x, 0.0), self.drift_delta, self.drift_threshold,
                                            self.drift_min_instances)
@@ -742,7 +742,7 @@ class OnlineModels:
         for ts, _, kind, _ in profile.legal_events:
             if (t - date.fromisoformat(ts[:10]).toordinal()) <= LEGAL_ACTIVE_DAYS:
                 safe *= 1 - LEGAL_WEIGHT.get(kind, 0.05)
-        risk = _r(_clip(1 - safe, 0.0, 1.0))
+        risk = round(_clip(1 - safe, 0.0, 1.0), 4)
         previous = m["r"][0] if m.get("r") else None
         m["r"] = [risk, previous]
         signals.risk_score, signals.previous_risk_score = risk, previous
