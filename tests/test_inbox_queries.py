@@ -119,6 +119,7 @@ FILTERS = [
     {"customer": ["C001", "C002", "C005"]},  # more than INLINE_CUSTOMERS (set to 2): one array / JSON parameter
     {"status": ["open", "acknowledged"], "customer": ["C003"] * 1 + ["C004", "C006"], "severity": "warning"},
     {"search": "disputes c00"},
+    {"search": "no_such_thing"},  # nothing matches
 ]
 
 
