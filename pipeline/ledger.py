@@ -768,14 +768,14 @@ class _Book:
 
     def recent_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal]:
         """Σ net due and Σ net due × days late of the invoices settled by cash in (window_start, as_of]."""
-        amount = weighted = ZERO
         by_settle = self.by_settle
-        for index in range(bisect_right(by_settle, window_start, key=_DAY), bisect_right(by_settle, as_of, key=_DAY)):
-            _, _, due, late = by_settle[index]
-            amount += due
-            weighted += late
-        return amount, weighted
+        window = by_settle[bisect_right(by_settle, window_start, key=_DAY):bisect_right(by_settle, as_of, key=_DAY)]
+        # sum() adds left to right from its start, exactly as a loop would (the same roundings, if any)
+        return sum(map(_DUE, window), ZERO), sum(map(_LATE, window), ZERO)
 
+
+_DUE = itemgetter(2)
+_LATE = itemgetter(3)
 
 def _book(state: CustomerState, config: LedgerConfig) -> _Book | None:
     """The state's book for ``config``, built if there is none; None for another config (or when off)."""
