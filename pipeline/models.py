@@ -711,21 +711,23 @@ class OnlineModels:
         late_limit = t - self.late_days
         weighted = total = overdue = unwatched = 0.0
         late_probability = signals.late_probability
+        full_days = OVERDUE_FULL_DAYS
         for invoice_id, entry in m["o"].items():
-            state, outstanding = entry[3], entry[4]
-            if state == 0 and entry[1] < late_limit:
+            _, due, p, state, outstanding, _, _ = entry
+            if state == 0 and due < late_limit:
                 self._label(m, entry, 1, "overdue")  # more than late_days past due, unpaid: late, now
                 state = 1
             total += outstanding
             if state == 2:
                 unwatched += outstanding
             else:
-                p = 1.0 if state == 1 else entry[2]
+                if state == 1:
+                    p = 1.0
                 late_probability[invoice_id] = p
                 weighted += outstanding * p
-            past_due = t - entry[1]
+            past_due = t - due
             if past_due > 0:
-                overdue += outstanding * (1.0 if past_due >= OVERDUE_FULL_DAYS else past_due / OVERDUE_FULL_DAYS)
+                overdue += outstanding * (1.0 if past_due >= full_days else past_due / full_days)
         h = m["h"]
         customer_rate = (h[1] + HISTORY_PRIOR * self.portfolio_late_rate()) / (h[0] + HISTORY_PRIOR)
         weighted += unwatched * customer_rate
