@@ -21,7 +21,7 @@ def test_a_change_is_a_new_version_with_who_why_and_old_to_new(alert_store):
     entries = history(alert_store)
     assert [(e["version"], e["changed_by"], e["reason"]) for e in entries] == [
         (version2, "ops-ben", "seasonal slack"), (version, "ops-anna", "earlier heads-up")]
-    assert entries[0]["changes"] == [{"key": "overdue.warning_days", "old": 30, "new": 45}]
+    assert entries[0]["changes"] == [{"key": "overdue.warning_days", "old": 60, "new": 45}]
     assert current(alert_store).thresholds.options_for("credit_limit").warning_utilisation == 0.9
 
 

@@ -176,7 +176,8 @@ def test_the_whole_form_submitted_as_shown_changes_nothing_and_one_edit_changes_
     data.update({"opt:composite.ignore": '["risk_score"]', "reason": "composite counts limit reviews"})
     assert client.post("/ops/thresholds", data=data, follow_redirects=False).status_code == 303
     assert tuning.history(sqlite_ops_store)[0]["changes"] == [
-        {"key": "composite.ignore", "old": ("credit_limit_review", "risk_score"), "new": ("risk_score",)}]
+        {"key": "composite.ignore", "old": ("credit_limit", "credit_limit_review", "disputes", "payment_habit",
+                                             "risk_score"), "new": ("risk_score",)}]
 
 
 def test_invalid_value_is_refused_naming_the_key_and_range_and_nothing_is_saved(client, sqlite_ops_store):
@@ -310,7 +311,7 @@ def test_whatif_on_a_stored_file_shows_both_sides_and_b_can_be_applied(client, s
     entry = tuning.history(sqlite_ops_store)[0]
     assert (entry["changed_by"], entry["reason"]) == ("olga", "fewer alerts, same catch")
     assert entry["changes"] == [{"key": "legal_event.enabled", "old": True, "new": False},
-                                {"key": "overdue.warning_days", "old": 30, "new": 45}]
+                                {"key": "overdue.warning_days", "old": 60, "new": 45}]
     again = client.post(f"/ops/whatif/jobs/{job_id}/apply", data={"csrf_token": token, "reason": "twice"})
     assert len(sqlite_ops_store.threshold_changes()) == 1  # A is no longer in force: B is not applied twice
     assert "changed since this run" in text_of(again.text)
@@ -332,7 +333,7 @@ def test_whatif_against_a_stored_version_and_bad_candidates(client, sqlite_ops_s
     assert "credit_limit.warning_utilisation: 7 is out of range (allowed: 0.1 to 5.0)" in text_of(refused.text)
     hostile = start_whatif(client, file="portfolio.jsonl", b_changes=f"{EVIL} = 1\noverdue.{EVIL} = 2")
     assert hostile.status_code == 400 and EVIL not in hostile.text and "&lt;script&gt;" in hostile.text
-    same = start_whatif(client, file="portfolio.jsonl", b_changes="overdue.warning_days = 30")
+    same = start_whatif(client, file="portfolio.jsonl", b_changes="overdue.warning_days = 60")
     assert same.status_code == 400 and "B is the same" in text_of(same.text)
     assert len(client.app.state.ops_jobs.recent()) == 1
 
@@ -361,7 +362,7 @@ def test_try_in_a_whatif_first_carries_the_edited_values_to_the_whatif_form(clie
     as_user(client, "olga")
     page = client.get("/ops/thresholds").text
     response = client.post("/ops/whatif/draft", data={"csrf_token": csrf_of(page), f"opt:{KEY}": "0.85",
-                                                      "opt:overdue.warning_days": "30"})
+                                                      "opt:overdue.warning_days": "60"})
     assert response.status_code == 200
     textarea = re.search(r'<textarea id="b-changes"[^>]*>(.*?)</textarea>', response.text, re.S).group(1)
     assert textarea == f"{KEY} = 0.85"

@@ -1,9 +1,10 @@
 """Shared logic of ``bank_details_change`` and ``ownership_change`` (not a detector itself).
 
 A change of bank account or of owners is noted (info). What makes it a
-warning is what follows within ``window_days``: an unusually large invoice
-(the "bust-out" pattern: a new owner or a new account, a big order, then
-silence) or slower payment than the customer's habit. Everything is derived
+warning (``warning_signs``, by default two: critical) is what follows within
+``window_days``: an unusually large invoice (the "bust-out" pattern: a new
+owner or a new account, a big order, then silence), slower payment than the
+customer's habit, another change. Everything is derived
 from the ledger facts, so the answer does not depend on the order in which
 events arrived; only the invoice-anomaly score of the models, which exists
 solely at the moment its invoice arrives, is kept in memory.
@@ -42,6 +43,15 @@ class ChangeFollowUpOptions(DetectorOptions):
                                      description="invoice anomaly score (online model) that counts as unusual")
     slower_by_days: int = Field(15, ge=1, le=365,
                                 description="paying this many days later than the customer's usual days late is slower")
+    warning_signs: int = Field(2, ge=1, le=3,
+                               description="follow-up signs (unusual invoice, slower payment, another change) that make "
+                                           "a warning; fewer are noted (info)")
+    critical_signs: int = Field(2, ge=1, le=3, description="follow-up signs that make it critical")
+
+    def check(self) -> str | None:
+        if self.warning_signs > self.critical_signs:
+            return "warning_signs must not be above critical_signs"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +125,8 @@ class ChangeFollowUp(Detector):
         is_change_event = event is not None and event.type == self.change_type
         if not signs and not is_change_event:
             return [], memory
-        severity = "info" if not signs else "warning" if len(signs) == 1 else "critical"
+        severity = ("critical" if len(signs) >= opts.critical_signs else "warning" if len(signs) >= opts.warning_signs
+                    else "info")
         title = f"{self.what} on {anchor.day.isoformat()}"
         if signs:
             title += ", then " + " and ".join(signs)

@@ -12,11 +12,12 @@ class BankDetailsChangeOptions(ChangeFollowUpOptions):
 class BankDetailsChange(ChangeFollowUp):
     """The customer changed its bank details; escalated when something unusual follows.
 
-    A new bank account alone is routine (info). It is a warning when, within
-    60 days, an invoice of at least 3× the customer's median invoice follows
-    (or one the anomaly model flags), when the customer pays at least 15 days
-    later than its habit, or when the bank details change again; two of
-    those signs are critical. Banks cancel facilities of firms in trouble,
+    A new bank account alone is routine (info). Within 60 days three signs
+    may follow: an invoice of at least 3× the customer's median invoice (or
+    one the anomaly model flags), payment at least 15 days later than its
+    habit, or another change of bank details. One of them is noted too
+    (info: big orders and new accounts are common in healthy customers); two
+    are critical. Banks cancel facilities of firms in trouble,
     and a new account followed by a big order is a known fraud pattern.
 
     >>> from pipeline.builders import register as registered, invoice, make
@@ -28,7 +29,7 @@ class BankDetailsChange(ChangeFollowUp):
     [('info', 'Bank details changed on 2026-02-01')]
     >>> finding = run_detector(BankDetailsChange(), [*history, change, invoice("I4", 60000, issued_on="2026-02-10")])[0]
     >>> finding.severity, finding.title
-    ('warning', 'Bank details changed on 2026-02-01, then an unusually large invoice')
+    ('info', 'Bank details changed on 2026-02-01, then an unusually large invoice')
     >>> finding.reasons[1].message
     'Invoice I4 of 60,000.00 EUR issued on 2026-02-10 is 5.5× the usual invoice (median of the 3 invoices before the change: 11,000.00 EUR; unusual from 3×)'
     """

@@ -17,11 +17,18 @@ PROMISE_CHANGES = frozenset({
 
 
 class BrokenPromiseOptions(DetectorOptions):
-    critical_count: int = Field(2, ge=1, le=20, description="this many broken promises still unpaid is critical")
+    warning_count: int = Field(3, ge=1, le=20,
+                               description="this many broken promises still unpaid is a warning (fewer are noted: info)")
+    critical_count: int = Field(3, ge=1, le=20, description="this many broken promises still unpaid is critical")
     critical_share_of_limit: float = Field(
         0.5, ge=0.01, le=10.0, description="unpaid broken promises adding up to this share of the credit limit are critical")
     lookback_days: int = Field(120, ge=1, le=730,
                                description="promises whose date passed longer ago than this no longer count")
+
+    def check(self) -> str | None:
+        if self.warning_count > self.critical_count:
+            return "warning_count must not be above critical_count"
+        return None
 
 
 @register
@@ -31,8 +38,9 @@ class BrokenPromise(Detector):
     A promise to pay is what a collector gets on the phone; breaking it is
     one of the surest signs that cash is short. The finding holds while the
     promised money is still unpaid (a late payment ends it; a bounced one
-    brings it back). Warning for one broken promise; critical for two or
-    more, or when the unpaid promised amounts reach half the credit limit.
+    brings it back). One or two broken promises are noted (info: a payment
+    run that slipped is common); three within 120 days, or unpaid promised
+    amounts of half the credit limit, are critical.
 
     It runs on the clock, so it fires on the first day after the promised
     date (plus the ledger's grace days) even if the customer sends nothing.
@@ -46,7 +54,7 @@ class BrokenPromise(Detector):
     []
     >>> finding = run_detector(BrokenPromise(), events, today=date(2026, 2, 28))[0]
     >>> finding.severity, finding.title
-    ('warning', 'Promise to pay 8,000.00 EUR by 2026-02-27 broken')
+    ('info', 'Promise to pay 8,000.00 EUR by 2026-02-27 broken')
     """
 
     name = "broken_promise"
@@ -77,7 +85,7 @@ class BrokenPromise(Detector):
                                   f"{promise['promised_on'].isoformat()}; {days} day{'s' if days != 1 else ''} later "
                                   f"it is still unpaid",
                                   float(promise["amount"])))
-        severity = "warning"
+        severity = "warning" if len(unpaid) >= opts.warning_count else "info"
         if len(unpaid) >= opts.critical_count:
             severity = "critical"
             reasons.append(Reason("promises_broken_count",

@@ -13,9 +13,10 @@ class CompositeOptions(DetectorOptions):
     min_detectors: int = Field(3, ge=2, le=20,
                                description="this many different detectors finding something within window_days is critical")
     window_days: int = Field(30, ge=1, le=180, description="how far back findings count (at most 180 days are kept)")
-    ignore: tuple[str, ...] = Field(("credit_limit_review", "risk_score"),
-                                    description="detectors not counted: recommendations, and scores that already "
-                                                "combine the other signs")
+    ignore: tuple[str, ...] = Field(("credit_limit", "credit_limit_review", "disputes", "payment_habit", "risk_score"),
+                                    description="detectors not counted: recommendations, scores that already "
+                                                "combine the other signs, and signs common in healthy customers "
+                                                "(over the limit, a dispute, a drift in days late)")
 
     def check(self) -> str | None:
         from detectors.base import REGISTRY
@@ -30,26 +31,29 @@ class CompositeOptions(DetectorOptions):
 class Composite(Detector):
     """Several different warning signs at once.
 
-    Each detector alone may be explainable (a dispute, a limit excess, a
-    new bank account); three different ones within 30 days rarely are.
-    Critical when 3 different detectors have found something about the
+    Each detector alone may be explainable (a broken promise, a bounced
+    payment, a new bank account); three different ones within 30 days rarely
+    are. Critical when 3 different detectors have found something about the
     customer in the last 30 days (any severity, including notes such as a
-    bank details change). It never counts itself, nor (by default, option
-    ``ignore``) the limit-review recommendations or the model risk score,
-    which already combines the other signs. It runs after every other
-    detector (``order = 100``) so it sees the findings of the same event.
+    bank details change): this is how the signs that are only noted (info)
+    on their own still raise a warning. It never counts itself, nor (by
+    default, option ``ignore``) the limit-review recommendations and the
+    model risk score, which already combine the other signs, nor the signs
+    that healthy customers show all the time — an exposure over the limit,
+    a dispute, a drift in days late. It runs after every other detector
+    (``order = 100``) so it sees the findings of the same event.
 
     >>> from datetime import date
     >>> from pipeline.builders import register as registered
     >>> from detectors.testing import run_detector
-    >>> recent = [(date(2025, 12, 1), "disputes"), (date(2026, 1, 2), "credit_limit"),
-    ...           (date(2026, 1, 20), "overdue"), (date(2026, 1, 25), "composite")]
-    >>> run_detector(Composite(), [registered(day="2026-01-25")], recent=recent)  # disputes is too old
+    >>> recent = [(date(2025, 12, 1), "broken_promise"), (date(2026, 1, 2), "insurance_cover"),
+    ...           (date(2026, 1, 20), "overdue"), (date(2026, 1, 22), "disputes"), (date(2026, 1, 25), "composite")]
+    >>> run_detector(Composite(), [registered(day="2026-01-25")], recent=recent)  # too old, or not counted
     []
     >>> recent.append((date(2026, 1, 25), "payment_reversed"))
     >>> finding = run_detector(Composite(), [registered(day="2026-01-25")], recent=recent)[0]
     >>> finding.severity, finding.title
-    ('critical', 'Several warning signs at once: credit_limit, overdue, payment_reversed')
+    ('critical', 'Several warning signs at once: insurance_cover, overdue, payment_reversed')
     """
 
     name = "composite"

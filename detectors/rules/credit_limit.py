@@ -6,6 +6,7 @@ from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
 from detectors.rules._common import figures
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 
 EXPOSURE_CHANGES = frozenset({
     "customer.registered", "customer.credit_limit_changed", "invoice.issued", "invoice.adjusted",
@@ -16,6 +17,7 @@ EXPOSURE_CHANGES = frozenset({
 class CreditLimitOptions(DetectorOptions):
     warning_utilisation: float = Field(1.0, ge=0.1, le=5.0, description="exposure / credit limit that raises a warning")
     critical_utilisation: float = Field(1.2, ge=0.1, le=5.0, description="exposure / credit limit that is critical")
+    max_severity: MaxSeverity = max_severity_field("info", "an exposure over the limit")
 
     def check(self) -> str | None:
         if self.warning_utilisation >= self.critical_utilisation:
@@ -30,11 +32,20 @@ class CreditLimit(Detector):
     Warning from 100 % of the limit, critical from 120 %; a customer with a
     zero limit (cash in advance) is critical as soon as anything is owed.
 
+    On its own an exposure over the limit is an order-release decision (ship
+    or hold the next order), not a sign of default: customers with seasonal
+    peaks run over their limit and pay. So by default it is noted (info,
+    ``max_severity``); ``max_severity = "critical"`` gives the grading above,
+    as the static baseline of ``benchmarks/detection_quality.py`` does.
+
     >>> from pipeline.builders import register as registered, invoice
     >>> from detectors.testing import run_detector
     >>> findings = run_detector(CreditLimit(), [registered(limit=50000), invoice("I1", 52000)])
     >>> findings[0].severity, findings[0].title
-    ('warning', 'Exposure at 104% of credit limit')
+    ('info', 'Exposure at 104% of credit limit')
+    >>> graded = CreditLimit(CreditLimit.Options(max_severity="critical"))
+    >>> run_detector(graded, [registered(limit=50000), invoice("I1", 52000)])[0].severity
+    'warning'
     >>> findings[0].reasons[0].value, findings[0].reasons[0].threshold
     (52000.0, 50000.0)
     """
@@ -54,7 +65,8 @@ class CreditLimit(Detector):
             reason = Reason("exposure_without_limit",
                             f"{money(pos.exposure, pos.currency)} owed by a customer with no credit limit (cash in advance)",
                             float(pos.exposure), 0.0)
-            return [self.finding("critical", "Credit extended to a customer without a credit limit", [reason], ctx)], memory
+            return [self.finding(capped("critical", self.options.max_severity),
+                                 "Credit extended to a customer without a credit limit", [reason], ctx)], memory
         utilisation = float(pos.exposure / limit)
         if utilisation < self.options.warning_utilisation:
             return [], memory
@@ -68,4 +80,4 @@ class CreditLimit(Detector):
             float(limit) * level,
         )
         title = f"Exposure at {pct(utilisation)} of credit limit"
-        return [self.finding("critical" if critical else "warning", title, [reason], ctx)], memory
+        return [self.finding(capped("critical" if critical else "warning", self.options.max_severity), title, [reason], ctx)], memory

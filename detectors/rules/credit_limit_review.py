@@ -9,6 +9,7 @@ from pydantic import Field
 
 from detectors.base import SEVERITY_RANK, DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
 from detectors.rules._common import dec, figures, round_to, stamp_day
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 from detectors.rules.rating_downgrade import RatingDowngrade, previous_rating
 from pipeline.ledger import DEFAULT_CONFIG, settled_count
@@ -71,6 +72,7 @@ class CreditLimitReviewOptions(DetectorOptions):
                                                description="a reliable payer pays on average at most this many days late")
     raise_min_paid_invoices: int = Field(6, ge=1, le=1000, description="paid invoices needed before a raise is suggested")
     raise_min_history_days: int = Field(180, ge=0, le=3650, description="customer relationship age needed before a raise")
+    max_severity: MaxSeverity = max_severity_field("info", "a recommendation to cut the limit")
 
 
 @register
@@ -81,7 +83,8 @@ class CreditLimitReview(Detector):
     changed. The first reason (``recommended_limit``) carries the
     recommended limit as ``value`` and the current limit as ``threshold``.
 
-    Cut (warning), one step per risk signal::
+    Cut (a recommendation: info by default, ``max_severity``; the signs
+    behind it alert through their own detectors), one step per risk signal::
 
         recommended = limit × (1 − cut_step) ^ signals, rounded down to 1,000
 
@@ -108,7 +111,7 @@ class CreditLimitReview(Detector):
     ...           make("customer.rating_changed", "2026-02-15", agency="Bureau", rating="BB", probability_of_default="0.03")]
     >>> finding = run_detector(CreditLimitReview(), events)[0]
     >>> finding.severity, finding.title
-    ('warning', 'Consider cutting the credit limit to 37,000.00 EUR (now 50,000.00 EUR)')
+    ('info', 'Consider cutting the credit limit to 37,000.00 EUR (now 50,000.00 EUR)')
     >>> finding.reasons[0].code, finding.reasons[0].value, finding.reasons[0].threshold
     ('recommended_limit', 37000.0, 50000.0)
     """
@@ -156,7 +159,7 @@ class CreditLimitReview(Detector):
                                       f"signal{'s' if len(signals) > 1 else ''}"
                                       f"{', capped' if caps else ''}, rounded down to {opts.rounding:,.0f}"))
             title = f"Consider cutting the credit limit to {money(recommended, currency)} (now {money(limit, currency)})"
-            return [self.finding("warning", title, reasons, ctx)], memory
+            return [self.finding(capped("warning", opts.max_severity), title, reasons, ctx)], memory
         reasons = self._reliable_near_limit(ctx)
         if reasons is None:
             return [], memory

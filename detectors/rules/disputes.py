@@ -6,6 +6,7 @@ from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
 from detectors.rules._common import dec, figures
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 
 #: A dispute opening or closing changes the disputed amount; cash and invoices change the exposure.
@@ -19,6 +20,7 @@ class DisputesOptions(DetectorOptions):
                                  description="disputed amount / exposure that raises a warning")
     critical_share: float = Field(0.5, ge=0.01, le=1.0,
                                   description="disputed amount / exposure that is critical")
+    max_severity: MaxSeverity = max_severity_field("info", "a disputed balance")
 
     def check(self) -> str | None:
         if self.warning_share >= self.critical_share:
@@ -33,7 +35,10 @@ class Disputes(Detector):
     A customer who disputes a large part of the balance is either unhappy
     with the goods or looking for a reason not to pay; either way that money
     will not come in on time. Warning when 20 % of the exposure is disputed,
-    critical from 50 %; disputes under 1,000 are ignored.
+    critical from 50 %; disputes under 1,000 are ignored. By default these
+    are noted (info, ``max_severity``): healthy customers dispute too, and a
+    dispute becomes a credit problem when the money then stays unpaid — which
+    ``overdue`` and ``composite`` see.
 
     >>> from pipeline.builders import register as registered, invoice, make
     >>> from detectors.testing import run_detector
@@ -41,7 +46,9 @@ class Disputes(Detector):
     ...           make("invoice.disputed", "2026-01-20", invoice_id="I2", amount="6000", reason="short delivery")]
     >>> finding = run_detector(Disputes(), events)[0]
     >>> finding.severity, finding.title
-    ('warning', '30% of the balance is in dispute')
+    ('info', '30% of the balance is in dispute')
+    >>> run_detector(Disputes(Disputes.Options(max_severity="critical")), events)[0].severity
+    'warning'
     >>> finding.reasons[0].message
     '6,000.00 EUR of 20,000.00 EUR owed is disputed (30%; warning level 20%)'
     """
@@ -78,4 +85,4 @@ class Disputes(Detector):
                                   f"disputed since {dispute['opened_at'][:10]}{why}",
                                   float(dispute["amount"])))
         title = f"{pct(share)} of the balance is in dispute"
-        return [self.finding("critical" if critical else "warning", title, reasons, ctx)], memory
+        return [self.finding(capped("critical" if critical else "warning", opts.max_severity), title, reasons, ctx)], memory

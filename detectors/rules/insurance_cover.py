@@ -6,6 +6,7 @@ from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
 from detectors.rules._common import dec, figures
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 
 
@@ -14,6 +15,7 @@ class InsuranceCoverOptions(DetectorOptions):
                                  description="uncovered amounts below this (limit currency) are ignored")
     critical_uncovered_share: float = Field(
         0.5, ge=0.01, le=1.0, description="share of the exposure without cover that is critical")
+    max_severity: MaxSeverity = max_severity_field("info", "exposure beyond the insurance cover")
 
 
 @register
@@ -29,6 +31,10 @@ class InsuranceCover(Detector):
     * warning: the exposure exceeds the insured limit by 1,000 or more;
     * info: cover withdrawn while nothing is owed (future sales are uninsured).
 
+    By default capped to a note (info, ``max_severity``): exposure beyond the
+    cover is an order-release question like the credit limit, and an insurer's
+    cut counts for ``composite`` and for ``credit_limit_review``.
+
     Customers without an insured limit on record are not watched.
 
     >>> from pipeline.builders import register as registered, invoice, make
@@ -37,7 +43,7 @@ class InsuranceCover(Detector):
     ...           invoice("I1", 45000)]
     >>> finding = run_detector(InsuranceCover(), events)[0]
     >>> finding.severity, finding.title
-    ('warning', '5,000.00 EUR owed beyond the credit insurance cover')
+    ('info', '5,000.00 EUR owed beyond the credit insurance cover')
     >>> events.append(make("customer.insurance_limit_changed", "2026-01-20", insured_limit="0"))
     >>> run_detector(InsuranceCover(), events)[0].title
     'Credit insurance withdrawn with 45,000.00 EUR owed'
@@ -68,7 +74,8 @@ class InsuranceCover(Detector):
             reason = Reason("insurance_withdrawn",
                             f"The insurer withdrew cover: all {money(exposure, currency)} owed is uninsured",
                             float(exposure), 0.0)
-            return [self.finding("critical", f"Credit insurance withdrawn with {money(exposure, currency)} owed",
+            return [self.finding(capped("critical", opts.max_severity),
+                                 f"Credit insurance withdrawn with {money(exposure, currency)} owed",
                                  [reason], ctx)], memory
         if uncovered < dec(opts.min_uncovered) or uncovered <= 0:
             return [], memory
@@ -86,4 +93,4 @@ class InsuranceCover(Detector):
                                   f"{pct(opts.critical_uncovered_share)})",
                                   round(share, 4), opts.critical_uncovered_share))
         title = f"{money(uncovered, currency)} owed beyond the credit insurance cover"
-        return [self.finding("critical" if critical else "warning", title, reasons, ctx)], memory
+        return [self.finding(capped("critical" if critical else "warning", opts.max_severity), title, reasons, ctx)], memory

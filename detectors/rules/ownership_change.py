@@ -12,10 +12,10 @@ class OwnershipChangeOptions(ChangeFollowUpOptions):
 class OwnershipChange(ChangeFollowUp):
     """The customer changed owners; escalated when something unusual follows.
 
-    A new owner alone is noted (info). It is a warning when, within 60 days,
-    an invoice of at least 3× the customer's median invoice follows (or one
-    the anomaly model flags), when the customer pays at least 15 days later
-    than its habit, or when ownership changes again; two of those signs are
+    A new owner alone is noted (info). Within 60 days three signs may
+    follow: an invoice of at least 3× the customer's median invoice (or one
+    the anomaly model flags), payment at least 15 days later than its habit,
+    or another change of owners. One of them is noted too (info); two are
     critical. New owners who order big and pay slowly are the classic
     "long firm" pattern; a takeover can also bring a new payment policy.
 
@@ -30,7 +30,7 @@ class OwnershipChange(ChangeFollowUp):
     []
     >>> finding = run_detector(OwnershipChange(), events, today=date(2026, 4, 1))[0]  # I2 is 18 days late
     >>> finding.severity, finding.title
-    ('warning', 'Ownership changed on 2026-02-10, then slower payment')
+    ('info', 'Ownership changed on 2026-02-10, then slower payment')
     """
 
     name = "ownership_change"

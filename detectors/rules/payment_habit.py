@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, register
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 
 #: Events on which an invoice can be settled, so a days-late value can arrive.
 SETTLEMENTS = frozenset({
@@ -20,6 +21,7 @@ class PaymentHabitOptions(DetectorOptions):
                                      description="ignore a drift whose mean days late rose by less than this")
     critical_days_late: float = Field(60.0, ge=1.0, le=730.0,
                                       description="mean days late since the change that makes the drift critical")
+    max_severity: MaxSeverity = max_severity_field("info", "a drift in payment habits")
 
 
 @register
@@ -28,9 +30,10 @@ class PaymentHabit(Detector):
 
     Each settlement's days late (settlement day minus due day) goes through
     a Page-Hinkley test for an increase (``pipeline.models``); when it fires,
-    this reports the mean days late before the change and since. A warning,
+    this reports the mean days late before the change and since: a warning,
     critical when the customer now pays ``critical_days_late`` days late on
-    average.
+    average — by default capped to a note (info, ``max_severity``): the test
+    fires for about a third of healthy customers over two years.
 
     >>> from pipeline.builders import register as registered, invoice, payment
     >>> from detectors.base import ModelSignals
@@ -39,7 +42,7 @@ class PaymentHabit(Detector):
     >>> drift = ModelSignals(habit_drift=True, days_late_mean_before=2.0, days_late_mean_now=26.5)
     >>> findings = run_detector(PaymentHabit(), events, signals=drift)
     >>> findings[0].severity, findings[0].title
-    ('warning', 'Paying later: 26.5 days late on average, was 2.0')
+    ('info', 'Paying later: 26.5 days late on average, was 2.0')
     >>> findings[0].reasons[0].value, findings[0].reasons[0].threshold
     (26.5, 7.0)
     >>> run_detector(PaymentHabit(), events, signals=ModelSignals())
@@ -73,4 +76,4 @@ class PaymentHabit(Detector):
                                   f"{self.options.critical_days_late:g} days",
                                   now, self.options.critical_days_late))
         title = f"Paying later: {now:.1f} days late on average, was {before:.1f}"
-        return [self.finding("critical" if critical else "warning", title, reasons, ctx)], memory
+        return [self.finding(capped("critical" if critical else "warning", self.options.max_severity), title, reasons, ctx)], memory

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, pct, register
 from detectors.rules._common import dec, figures, in_limit_currency, stamp_day
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 from pipeline.ledger import Payment
 
 
@@ -18,6 +19,7 @@ class PaymentReversedOptions(DetectorOptions):
         description="reversed amount, as a share of what the customer owes afterwards, that is critical")
     repeat_window_days: int = Field(90, ge=1, le=730,
                                     description="a second reversal within this many days is critical")
+    max_severity: MaxSeverity = max_severity_field("info", "a reversed payment")
 
 
 @register
@@ -28,7 +30,9 @@ class PaymentReversed(Detector):
     that bounces says the account had no funds. Warning for any reversal;
     critical when the reversed amount is at least 25 % of what the customer
     owes afterwards, or when it is the second reversal within 90 days.
-    Reversals under 100 are only noted (info).
+    Reversals under 100 are only noted (info). By default every reversal is
+    noted (info, ``max_severity``): one bounce is often a bank or mandate
+    error; with other signs it counts for ``composite``.
 
     A reversal that arrives before its payment is held by the ledger; the
     finding comes when the payment arrives (the reversal then takes effect).
@@ -40,7 +44,9 @@ class PaymentReversed(Detector):
     ...           make("payment.reversed", "2026-02-07", payment_id="P1", reason="bounced")]
     >>> finding = run_detector(PaymentReversed(), events)[0]
     >>> finding.severity, finding.title
-    ('warning', 'Payment P1 of 10,000.00 EUR reversed (bounced)')
+    ('info', 'Payment P1 of 10,000.00 EUR reversed (bounced)')
+    >>> run_detector(PaymentReversed(PaymentReversed.Options(max_severity="critical")), events)[0].severity
+    'warning'
     >>> finding.reasons[0].message
     'Payment P1 of 10,000.00 EUR received on 2026-02-05 was reversed on 2026-02-07: bounced'
     """
@@ -92,7 +98,8 @@ class PaymentReversed(Detector):
                                   f"(also {listed})",
                                   float(len(others) + 1), 2.0))
         title = f"Payment {payment_id} of {money(amount, currency)} reversed ({why_text})"
-        return [self.finding(severity, title, reasons, ctx, (receipt_event, reversal_event))], memory
+        return [self.finding(capped(severity, opts.max_severity), title, reasons, ctx,
+                             (receipt_event, reversal_event))], memory
 
     def _earlier_reversals(self, ctx: DetectionContext, payment: Payment) -> list[Payment]:
         """Other received-and-reversed payments in the window before (or on the day of) this reversal."""

@@ -11,10 +11,10 @@ from pipeline.events import EVENT_TYPES
 
 
 class RiskScoreOptions(DetectorOptions):
-    risk_warning: float = Field(0.35, ge=0.0, le=1.0, description="risk score that raises a warning")
-    risk_critical: float = Field(0.6, ge=0.0, le=1.0, description="risk score that raises a critical alert")
+    risk_warning: float = Field(0.75, ge=0.0, le=1.0, description="risk score that raises a warning")
+    risk_critical: float = Field(0.85, ge=0.0, le=1.0, description="risk score that raises a critical alert")
     risk_jump: float = Field(0.2, ge=0.01, le=1.0,
-                             description="rise of the risk score within one evaluation that raises a warning")
+                             description="rise of the risk score within one evaluation that is noted (info)")
     jump_days: int = Field(30, ge=1, le=365,
                            description="days a jump keeps its warning while the score stays that much higher")
 
@@ -31,21 +31,22 @@ class RiskScore(Detector):
     The score (``pipeline.models``) is the open exposure's probability of
     late payment combined with the overdue share, the rating's PD, a recent
     drift in payment habits, broken promises and legal events. Warning from
-    0.35, critical from 0.6. A rise of 0.2 or more within one evaluation is a
-    warning too, for as long as the score stays that far above where it was
+    0.75, critical from 0.85 (below 0.7 about half the customers the score
+    picks out never default). A rise of 0.2 or more within one evaluation is
+    noted (info), for as long as the score stays that far above where it was
     (at most ``jump_days``). The score goes in the alert's ``score``.
 
     >>> from pipeline.builders import register as registered, invoice
     >>> from detectors.base import ModelSignals
     >>> from detectors.testing import run_detector
     >>> events = [registered(), invoice("I1", 5000)]
-    >>> signals = ModelSignals(risk_score=0.64, previous_risk_score=0.58, late_probability={"I1": 0.64})
+    >>> signals = ModelSignals(risk_score=0.88, previous_risk_score=0.8, late_probability={"I1": 0.88})
     >>> findings = run_detector(RiskScore(), events, signals=signals)
     >>> findings[0].severity, findings[0].title, findings[0].score
-    ('critical', 'Risk score 0.64 (critical from 0.60)', 0.64)
+    ('critical', 'Risk score 0.88 (critical from 0.85)', 0.88)
     >>> jumped = run_detector(RiskScore(), events, signals=ModelSignals(risk_score=0.31, previous_risk_score=0.08))
     >>> jumped[0].severity, jumped[0].title
-    ('warning', 'Risk score jumped from 0.08 to 0.31')
+    ('info', 'Risk score jumped from 0.08 to 0.31')
     >>> run_detector(RiskScore(), events, signals=ModelSignals(risk_score=0.2, previous_risk_score=0.15))
     []
     """
@@ -75,7 +76,7 @@ class RiskScore(Detector):
         elif score >= opts.risk_warning:
             severity, level, title = "warning", opts.risk_warning, f"Risk score {score:.2f} (warning from {opts.risk_warning:.2f})"
         elif jump is not None:
-            severity, level, title = "warning", None, f"Risk score jumped from {jump[0]:.2f} to {score:.2f}"
+            severity, level, title = "info", None, f"Risk score jumped from {jump[0]:.2f} to {score:.2f}"
         else:
             return [], memory
         reasons = []

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, money, register
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 
 
 class UnusualInvoiceOptions(DetectorOptions):
@@ -15,6 +16,7 @@ class UnusualInvoiceOptions(DetectorOptions):
                                      description="invoice anomaly score (0..1) from which an invoice counts as unusual")
     min_amount: float = Field(0.0, ge=0.0, le=1e12,
                               description="invoices below this amount (base currency) are never reported")
+    max_severity: MaxSeverity = max_severity_field("info", "an unusual invoice")
 
 
 @register
@@ -25,8 +27,11 @@ class UnusualInvoice(Detector):
     scale (``pipeline.models``): ``z²/(1+z²)`` for an invoice ``z`` standard
     deviations above the customer's mean, so 0.95 means more than 4.4
     standard deviations — by Cantelli's inequality at most 5 % of any
-    customer's invoices can be that far above its mean. Reported once, as a
-    warning, with the amount against the customer's typical (median) invoice.
+    customer's invoices can be that far above its mean. Reported once with
+    the amount against the customer's typical (median) invoice: a warning
+    with ``max_severity = "warning"``, by default noted (info) — a big order
+    alone is usually good news; after a change of owners or bank it is what
+    ``ownership_change`` and ``bank_details_change`` escalate.
 
     >>> from pipeline.builders import register as registered, invoice
     >>> from detectors.base import ModelSignals
@@ -35,7 +40,7 @@ class UnusualInvoice(Detector):
     >>> events = [registered(), *history, invoice("I9", 10000)]
     >>> findings = run_detector(UnusualInvoice(), events, signals=ModelSignals(invoice_anomaly=0.998))
     >>> findings[0].severity, findings[0].title
-    ('warning', 'Invoice I9 of 10,000.00 EUR, 9.7× the usual amount')
+    ('info', 'Invoice I9 of 10,000.00 EUR, 9.7× the usual amount')
     >>> findings[0].reasons[1].message
     'Invoice I9: 10,000.00 EUR; typical (median of 8 other invoices) 1,035.00 EUR'
     >>> findings[0].score
@@ -88,4 +93,5 @@ class UnusualInvoice(Detector):
                      if ratio else f"Unusual invoice {invoice_id} of {money(amount, currency)}")
         else:
             title = f"Unusual invoice {invoice_id} of {money(amount, currency)}"
-        return [self.finding("warning", title, reasons, ctx, (f"invoice:{invoice_id}",), score=float(score))], memory
+        return [self.finding(capped("warning", self.options.max_severity), title, reasons, ctx, (f"invoice:{invoice_id}",),
+                             score=float(score))], memory
