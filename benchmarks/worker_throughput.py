@@ -166,7 +166,7 @@ def end_offsets_of(settings: Any) -> dict[tuple[str, int], int]:
 def metrics(port: int) -> dict[str, float]:
     """The worker's /metrics, each metric name summed over its labels; {} while it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
     except OSError:
         return {}
