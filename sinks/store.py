@@ -1279,10 +1279,15 @@ class AlertStore:
                 self._save_snapshots(session, snapshots)
 
     def _save_positions(self, session: Session, positions: Mapping[str, Mapping[str, Any]], now: datetime) -> None:
+        # One multi-row statement per batch (SQLAlchemy's "insertmanyvalues"): a worker's batch touches
+        # hundreds of customers, and a statement per customer made the store the worker's bottleneck.
+        if not positions:
+            return
         table = CustomerPositionRow.__table__
+        rows = []
         for customer_id, position in positions.items():
             as_of = position.get("as_of")
-            values = {
+            rows.append({
                 "customer_id": customer_id,
                 "name": position.get("name"),
                 "as_of": date.fromisoformat(as_of) if isinstance(as_of, str) else (as_of or now.date()),
@@ -1296,24 +1301,27 @@ class AlertStore:
                 "position": dict(position),
                 "updated_at": now,
                 "risk_score": _float(position.get("risk_score")),
-            }
-            statement = self._insert(CustomerPositionRow).values(**values)
-            statement = statement.on_conflict_do_update(
-                index_elements=["customer_id"],
-                set_={name: statement.excluded[name] for name in values if name != "customer_id"},
-                where=table.c.as_of <= statement.excluded.as_of,  # never go back to an older day
-            )
-            session.execute(statement)
+            })
+        statement = self._insert(CustomerPositionRow)
+        statement = statement.on_conflict_do_update(
+            index_elements=["customer_id"],
+            set_={name: statement.excluded[name] for name in rows[0] if name != "customer_id"},
+            where=table.c.as_of <= statement.excluded.as_of,  # never go back to an older day
+        )
+        session.execute(statement, rows)
 
     def _save_snapshots(self, session: Session, snapshots: Iterable[RiskSnapshot | Mapping[str, Any]]) -> None:
-        statement = self._insert(RiskSnapshotRow).on_conflict_do_nothing(index_elements=["customer_id", "taken_at"])
+        rows: dict[tuple[str, Any], dict[str, Any]] = {}
         for item in snapshots:
             snap = RiskSnapshot.coerce(item)
-            session.execute(statement.values(
+            rows.setdefault((snap.customer_id, snap.taken_at), dict(
                 customer_id=snap.customer_id, taken_at=snap.taken_at, risk_score=snap.risk_score,
                 exposure=snap.exposure, credit_limit=snap.credit_limit, utilisation=snap.utilisation,
                 overdue=snap.overdue, dso_days=snap.dso_days, open_alerts=snap.open_alerts, details=snap.details,
             ))
+        if rows:
+            statement = self._insert(RiskSnapshotRow).on_conflict_do_nothing(index_elements=["customer_id", "taken_at"])
+            session.execute(statement, list(rows.values()))
 
     def get_position(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's position as last seen (``Position.to_json()``), with ``updated_at``."""
@@ -1360,17 +1368,20 @@ class AlertStore:
             return self._save_events(session, events, now)
 
     def _save_events(self, session: Session, events: Iterable[Any], now: datetime) -> int:
-        statement = self._insert(CustomerEventRow).on_conflict_do_nothing(index_elements=["event_id"]).returning(
-            CustomerEventRow.__table__.c.id)
-        stored = 0
+        rows: dict[str, dict[str, Any]] = {}
         for event in events:
             data = event.model_dump(mode="json") if hasattr(event, "model_dump") else dict(event)
             summary = {key: value for key, value in data.items() if key not in _ENVELOPE}
-            stored += session.execute(statement.values(
+            rows.setdefault(str(data["event_id"]), dict(
                 event_id=str(data["event_id"]), customer_id=str(data["customer_id"]), type=str(data["type"]),
                 occurred_at=_when(data["occurred_at"]), summary=summary or None, recorded_at=now,
-            )).first() is not None
-        return stored
+            ))
+        if not rows:
+            return 0
+        statement = self._insert(CustomerEventRow).on_conflict_do_nothing(index_elements=["event_id"]).returning(
+            CustomerEventRow.__table__.c.id)
+        # one multi-row statement for the batch; RETURNING names the rows that were new
+        return len(session.execute(statement, list(rows.values())).all())
 
     def customer_events(
         self, customer_id: str, limit: int | None = 200, before: datetime | None = None
