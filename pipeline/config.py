@@ -95,6 +95,8 @@ class Settings:
     #: start) or ``rocksdb://`` (RocksDB files under data_dir through the ``rocksdict`` package, extra
     #: ``[rocksdb]``: state larger than RAM, and a restart reads only the changelog written since).
     store: str = "memory://"
+    #: How many decoded customer records a worker keeps in memory in front of the Table (LRU).
+    state_cache: int = 100_000
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -210,6 +212,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         slack_base_url=env.get("CREDITWATCH_SLACK_BASE_URL", ""),
         review_url=env.get("CREDITWATCH_REVIEW_URL", "http://127.0.0.1:8000/alerts/{alert_id}"),
         store=_store(env.get("CREDITWATCH_STORE", "memory://")),
+        state_cache=_int(env, "CREDITWATCH_STATE_CACHE", 100_000, 1, 100_000_000),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

@@ -149,7 +149,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             help="Each customer's record: ledger facts, alert episodes, model state (pipeline.engine).",
         )
     )
-    cache = StateCache(lambda customer_id: table.get(customer_id.encode()))
+    cache = StateCache(lambda customer_id: table.get(customer_id.encode()), capacity=settings.state_cache)
     topic_kinds = {settings.topic(kind): kind for kind in ("invoices", "payments", "customers")}
     processor = BatchProcessor(cache, runtime.engine, topic_kinds, runtime.clock)
     wake_stale = asyncio.Event()
