@@ -104,7 +104,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: Every migration in ``migrations/versions``, oldest first; the last is the schema
 #: this code needs. (tests/test_store.py checks this against Alembic, so that
 #: checking the schema at start needs no Alembic import.)
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0005", "0006")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0005", "0006", "0007")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 SEVERITIES = ("info", "warning", "critical")
@@ -203,6 +203,24 @@ class Base(DeclarativeBase):
 
 #: (SQLite's lower() folds ASCII letters only; PostgreSQL's folds all.)
 SEARCH_TEXT_SQL = "lower(alert_id || ' ' || customer_id || ' ' || coalesce(customer_name, '') || ' ' || title)"
+
+
+#: SQLite: the FTS5 trigram index on ``alerts.search_text`` (migration 0007; kept in step by triggers on
+#: ``alerts``), and the shadow tables FTS5 keeps it in. Not in the models (SQLAlchemy does not describe
+#: virtual tables): the schema check leaves out these tables, by name.
+SQLITE_SEARCH_FTS = "alerts_fts"
+SQLITE_SEARCH_TABLES = frozenset({SQLITE_SEARCH_FTS, *(f"{SQLITE_SEARCH_FTS}_{shadow}" for shadow in
+                                                       ("data", "idx", "docsize", "config"))})
+#: The trigram index finds words of at least this many characters; shorter ones only by a scan.
+TRIGRAM = 3
+
+
+def fts_phrases(words: Iterable[str]) -> str | None:
+    """An FTS5 MATCH for rows holding each of ``words`` (trigram: as substrings, case folded), or None if
+    no word is long enough for the trigram index. Each word is one quoted phrase, so nothing in it is
+    FTS5 syntax."""
+    phrases = ['"' + word.replace('"', '""') + '"' for word in words if len(word) >= TRIGRAM]
+    return " AND ".join(phrases) or None
 
 
 #: What the inbox search looks for a customer's name or id in (``pipeline.web.queries.find_customers``):

@@ -71,7 +71,7 @@ def test_migration_0006_adds_the_inbox_indexes_to_a_0005_database_and_keeps_ever
         before = {a["alert_id"]: store.get_alert(a["alert_id"]) for a in store.list_alerts(limit=None)}
         assert len(before) == 30 and DROPPED_INDEXES <= index_names(database_url)
 
-        assert upgrade_database(database_url) == ("0005", "0006")
+        assert upgrade_database(database_url, "0006") == ("0005", "0006")
         names = index_names(database_url)
         assert NEW_INDEXES <= names and not DROPPED_INDEXES & names
         after = {a["alert_id"]: store.get_alert(a["alert_id"]) for a in store.list_alerts(limit=None)}

@@ -14,6 +14,7 @@ from sinks.store import (
     AlertNotFound,
     AlertStore,
     Base,
+    SQLITE_SEARCH_TABLES,
     RiskSnapshot,
     SchemaOutdated,
     StoreUnavailable,
@@ -83,7 +84,14 @@ def test_migrations_and_models_describe_the_same_schema(migrated_database_url):
     engine = make_engine(migrated_database_url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            # SQLite's FTS5 search index (migration 0007) and its shadow tables are not in the models
+            # (SQLAlchemy does not describe virtual tables): left out by name, and only those.
+            tables = set(inspect(connection).get_table_names())
+            assert (SQLITE_SEARCH_TABLES <= tables) if engine.dialect.name == "sqlite" else not SQLITE_SEARCH_TABLES & tables
+            context = MigrationContext.configure(connection, opts={
+                "compare_type": True,
+                "include_name": lambda name, kind, _: not (kind == "table" and name in SQLITE_SEARCH_TABLES),
+            })
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()

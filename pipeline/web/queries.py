@@ -31,8 +31,10 @@ from sinks.store import (
     CustomerEventRow,
     CustomerPositionRow,
     SEVERITIES,
+    SQLITE_SEARCH_FTS,
     RiskSnapshotRow,
     UTCDateTime,
+    fts_phrases,
 )
 
 CENT = Decimal("0.01")
@@ -197,21 +199,33 @@ def _one_of(store: AlertStore, column: Any, values: list[Any], kind: Any) -> Any
 def _text_matches(session: Session, search: str, limit: int) -> list[int] | None:
     """The ids of the alerts whose text holds every word of ``search``; None if more than ``limit`` do.
 
-    A LIKE '%word%' reads every alert's text on SQLite (no trigram index) and, on PostgreSQL, every
-    alert its trigrams point to (many, for words made of common trigrams): read them once, not once
+    A LIKE '%word%' reads every alert its trigrams point to (PostgreSQL: pg_trgm; SQLite: the FTS5
+    table of migration 0007; every alert, for words shorter than three characters; many, for words
+    made of common trigrams): read them once, not once
     to count and again, row by row in the page's order, to find a page (which reads every row when
     few match). When many match, counting stops early and the page's first rows come soon: None.
     """
     words = search.lower().split()
+    if not words:
+        return None
     params: dict[str, Any] = {
         f"w{i}": "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         for i, word in enumerate(words)
     }
     where = " AND ".join(f"search_text LIKE :{name} ESCAPE '\\'" for name in params)
-    # (SQLite: from the search_text index, which it would not choose by itself: fewer pages than the rows)
-    hint = " INDEXED BY ix_alerts_search_text_trgm" if session.get_bind().dialect.name == "sqlite" else ""
-    statement = sql_text(f"SELECT id FROM alerts{hint} WHERE {where} LIMIT :limit")
-    found = list(session.execute(statement, {**params, "limit": limit + 1}).scalars())
+    if session.get_bind().dialect.name != "sqlite":
+        statement = f"SELECT id FROM alerts WHERE {where} LIMIT :limit"
+    elif (match := fts_phrases(words)) is not None:
+        # SQLite: the candidates from the trigram index (migration 0007) on the words of 3+ characters,
+        # then the LIKEs on those rows only: the index folds the case of every letter, LIKE that of ASCII
+        # letters only, so it may find more, and the LIKEs keep exactly what they alone would.
+        params["match"] = match
+        statement = (f"SELECT id FROM alerts WHERE id IN (SELECT rowid FROM {SQLITE_SEARCH_FTS} "
+                     f"WHERE {SQLITE_SEARCH_FTS} MATCH :match) AND {where} LIMIT :limit")
+    else:  # (only words too short for trigrams: from the search_text index, which SQLite would not choose
+        # by itself: fewer pages than the rows)
+        statement = f"SELECT id FROM alerts INDEXED BY ix_alerts_search_text_trgm WHERE {where} LIMIT :limit"
+    found = list(session.execute(sql_text(statement), {**params, "limit": limit + 1}).scalars())
     return None if len(found) > limit else found
 
 
