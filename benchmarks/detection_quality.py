@@ -68,7 +68,7 @@ def measure(lines: list[bytes], thresholds: Thresholds, with_models: bool) -> di
     """The all-detectors row of the what-if report for one side, plus warnings per customer-month and CPU time."""
     from pipeline.config import LedgerConfig
     from pipeline.events import parse_event
-    from pipeline.simulate import ground_truth
+    from pipeline.simulate import evaluate, ground_truth
     from pipeline.whatif import ALL, _customer_months, run_side
 
     truth = ground_truth(parse_event(line) for line in lines if b"invoice.written_off" in line)
@@ -83,7 +83,15 @@ def measure(lines: list[bytes], thresholds: Thresholds, with_models: bool) -> di
     row["events"] = side.result.events
     row["seconds"] = seconds
     row["by_detector"] = {name: dict(values) for name, values in side.rows.items() if name != ALL}
+    row["critical_only"] = _quality(evaluate([update.alert for update in side.result.updates], truth,
+                                             frozenset({"critical"})))
     return row
+
+
+def _quality(quality: Any) -> dict[str, Any]:
+    """The customer-level figures of a ``pipeline.simulate.Evaluation`` in the what-if row's keys."""
+    return {"recall": quality.recall, "precision": quality.precision, "median_lead_days": quality.median_lead_days,
+            "customers_flagged": quality.flagged, "customers_caught": quality.caught}
 
 
 def goals_met(row: dict[str, Any]) -> dict[str, bool]:
@@ -118,6 +126,21 @@ def _sweep(full: dict[str, Any], variants: dict[str, Any]) -> list[str]:
                    f"| {row['customers_flagged']} |")
     out.append(f"| **full system** | **{_pct(full['recall'])}** | **{_pct(full['precision'])}** | "
                f"**{_days(full['median_lead_days'])}** | **{full['customers_flagged']}** |")
+    critical = full["critical_only"]
+    out.append(f"| full system, critical alerts only | {_pct(critical['recall'])} | {_pct(critical['precision'])} | "
+               f"{_days(critical['median_lead_days'])} | {critical['customers_flagged']} |")
+    out.append("")
+    points = [full, critical]
+    for label, row in variants.items():
+        better = [point for point in points if (point["precision"] or 0) >= (row["precision"] or 0)]
+        if not better:
+            out.append(f"- {label}: no operating point of the full system is as precise.")
+            continue
+        best = max(better, key=lambda point: point["median_lead_days"] or 0)
+        verdict = "longer" if (best["median_lead_days"] or 0) > (row["median_lead_days"] or 0) else "**not longer**"
+        out.append(f"- {label} ({_pct(row['precision'])} precise, {_days(row['median_lead_days'])} days): the full "
+                   f"system at equal or better precision ({_pct(best['precision'])}) warns {_days(best['median_lead_days'])} "
+                   f"days ahead: {verdict}.")
     matched = [(label, row) for label, row in variants.items() if (row["precision"] or 0) >= (full["precision"] or 0)]
     out.append("")
     if matched:
