@@ -683,6 +683,53 @@ def alert_json(row: Alert) -> dict[str, Any]:
     }
 
 
+def _alert_values(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The ``alerts`` row of a new alert (CONTRACT §3), checked; ``stored_at`` is ``now``."""
+    alert_id = alert["alert_id"]
+    severity = alert["severity"]
+    if severity not in SEVERITY_RANK:
+        raise ValueError(f"alert {alert_id}: unknown severity {severity!r}")
+    raised_at = _when(alert.get("raised_at")) or now
+    return {
+        "alert_id": alert_id,
+        "customer_id": alert["customer_id"],
+        "customer_name": alert.get("customer_name"),
+        "detector": alert["detector"],
+        "severity": severity,
+        "severity_rank": SEVERITY_RANK[severity],
+        "title": alert["title"],
+        "reasons": list(alert.get("reasons") or []),
+        "score": alert.get("score"),
+        "event_ids": list(alert.get("event_ids") or []),
+        "status": "open",
+        "revision": int(alert.get("revision") or 1),
+        "threshold_version": alert.get("threshold_version"),
+        "feedback": alert.get("feedback"),
+        "confirm_probability": _float((alert.get("feedback") or {}).get("confirm_probability")),
+        "raised_at": raised_at,
+        "updated_at": _when(alert.get("updated_at")) or raised_at,
+        "stored_at": now,
+    }
+
+
+def _apply(row: Alert, values: Mapping[str, Any]) -> None:
+    """A higher revision onto a stored alert: never a lower severity; raised_at, assignee and Slack thread kept."""
+    if values["severity_rank"] >= row.severity_rank:
+        row.severity, row.severity_rank = values["severity"], values["severity_rank"]
+    row.title = values["title"]
+    row.reasons = values["reasons"]
+    row.score = values["score"]
+    row.event_ids = values["event_ids"]
+    row.revision = values["revision"]
+    row.updated_at = values["updated_at"]
+    if values["threshold_version"] is not None:
+        row.threshold_version = values["threshold_version"]
+    if values["feedback"] is not None:
+        row.feedback, row.confirm_probability = values["feedback"], values["confirm_probability"]
+    if values["customer_name"]:
+        row.customer_name = values["customer_name"]
+    row.status = "open"
+
 def _history_json(row: AlertHistory) -> dict[str, Any]:
     return {
         "at": _iso(row.at),
@@ -883,9 +930,10 @@ class AlertStore:
         now = self._now(now)
         sinks = list(dict.fromkeys(notify))
         result = RecordResult()
+        batch = [(item.change, _alert_values(item.alert, now)) for item in updates]
         with self._session(write=True) as session:
-            for item in updates:
-                self._upsert(session, item.change, item.alert, sinks, now, result)
+            if batch:
+                self._upsert(session, batch, sinks, now, result)
             if positions:
                 self._save_positions(session, positions, now)
             if snapshots:
@@ -895,93 +943,100 @@ class AlertStore:
         return result
 
     def _upsert(
-        self, session: Session, change: str, alert: Mapping[str, Any], sinks: list[str], now: datetime, result: RecordResult
+        self, session: Session, batch: list[tuple[str, dict[str, Any]]], sinks: list[str], now: datetime,
+        result: RecordResult,
     ) -> None:
-        alert_id = alert["alert_id"]
-        revision = int(alert.get("revision") or 1)
-        severity = alert["severity"]
-        if severity not in SEVERITY_RANK:
-            raise ValueError(f"alert {alert_id}: unknown severity {severity!r}")
-        raised_at = _when(alert.get("raised_at")) or now
-        values = {
-            "alert_id": alert_id,
-            "customer_id": alert["customer_id"],
-            "customer_name": alert.get("customer_name"),
-            "detector": alert["detector"],
-            "severity": severity,
-            "severity_rank": SEVERITY_RANK[severity],
-            "title": alert["title"],
-            "reasons": list(alert.get("reasons") or []),
-            "score": alert.get("score"),
-            "event_ids": list(alert.get("event_ids") or []),
-            "status": "open",
-            "revision": revision,
-            "threshold_version": alert.get("threshold_version"),
-            "feedback": alert.get("feedback"),
-            "confirm_probability": _float((alert.get("feedback") or {}).get("confirm_probability")),
-            "raised_at": raised_at,
-            "updated_at": _when(alert.get("updated_at")) or raised_at,
-            "stored_at": now,
-        }
-        inserted = session.execute(
-            self._insert(Alert).values(**values).on_conflict_do_nothing(index_elements=["alert_id"])
-            .returning(Alert.__table__.c.id)
-        ).first()
-        if inserted is not None:
-            result.inserted += 1
-            session.add(AlertHistory(alert_id=alert_id, at=now, by=ENGINE_ACTOR, change=change, from_status=None,
-                                     to_status="open", revision=revision, note=None))
-            row = None
-        else:
-            query = select(Alert).where(Alert.alert_id == alert_id)
+        """Apply a batch of (change, alert row values) in batch order, as if one at a time.
+
+        Per update: an alert_id not stored yet is inserted (its history says ``change``, from no status);
+        a stored one with a higher revision gets severity (never lower), title, reasons, score, event ids,
+        revision, updated_at, and threshold version, feedback and customer name when given, and is open
+        again; the same or a lower revision changes nothing and enqueues nothing. Each insert or change
+        is one history row and, per sink, one delivery whose payload is the alert as it was right after
+        that update (so an alert raised then escalated in one batch is notified twice, in order).
+
+        A handful of statements per batch, not per update: one SELECT of the stored rows; one multi-row
+        ``INSERT … ON CONFLICT DO NOTHING`` of the new ids (each with its first update's values); one
+        SELECT reading back the rows just inserted (when needed) and those another writer inserted first
+        (which are then stored ones); the changes in memory, flushed at commit; one multi-row INSERT of
+        the deliveries. On PostgreSQL both SELECTs lock their rows (``FOR UPDATE``) in alert_id order, so
+        workers changing the same stored alerts wait for each other instead of deadlocking.
+        """
+        # batch: [(change, {"alert_id", "revision", "severity_rank", … the alert's row values}), …] in order
+        ids = sorted({values["alert_id"] for _, values in batch})
+        rows = self._lock_alerts(session, ids)
+        first: dict[str, dict[str, Any]] = {}
+        seen: dict[str, int] = {}
+        for _, values in batch:
+            seen[values["alert_id"]] = seen.get(values["alert_id"], 0) + 1
+            if values["alert_id"] not in rows:
+                first.setdefault(values["alert_id"], values)
+        new: set[str] = set()
+        if first:
+            statement = self._insert(Alert).on_conflict_do_nothing(index_elements=["alert_id"]).returning(
+                Alert.__table__.c.alert_id)
+            # In batch order, as one at a time would (alerts.id breaks ties in the inbox sorts). RETURNING names
+            # the ids this statement inserted; the others another writer inserted meanwhile.
+            new = set(session.execute(statement, list(first.values())).scalars())
+            # Read back as stored: the payloads and any later update of the batch start from the stored row.
+            rows.update(self._lock_alerts(session, [
+                alert_id for alert_id in sorted(first) if alert_id not in new or sinks or seen[alert_id] > 1]))
+        history: list[AlertHistory] = []
+        deliveries: list[tuple[str, int, str, int, str, dict[str, Any]]] = []
+        for change, values in batch:
+            alert_id, revision = values["alert_id"], values["revision"]
+            row = rows.get(alert_id)
+            if alert_id in new:
+                new.discard(alert_id)  # its first update is the insert; any later one is a change
+                result.inserted += 1
+                history.append(AlertHistory(alert_id=alert_id, at=now, by=ENGINE_ACTOR, change=change,
+                                            from_status=None, to_status="open", revision=revision, note=None))
+            else:
+                assert row is not None
+                if revision <= row.revision:
+                    result.unchanged += 1
+                    continue
+                result.updated += 1
+                history.append(AlertHistory(alert_id=alert_id, at=now, by=ENGINE_ACTOR, change=change,
+                                            from_status=row.status, to_status="open", from_assignee=row.assignee,
+                                            to_assignee=row.assignee, revision=revision, note=None))
+                _apply(row, values)
+            if sinks:
+                assert row is not None
+                deliveries.append((alert_id, revision, "alert", 0, change,
+                                   {"alert": alert_json(row), "status_change": None}))
+        session.add_all(history)
+        result.enqueued += self._enqueue(session, deliveries, sinks, now)
+
+    def _lock_alerts(self, session: Session, alert_ids: list[str]) -> dict[str, Alert]:
+        """The stored rows of ``alert_ids`` by alert_id; on PostgreSQL locked, in alert_id order."""
+        rows: dict[str, Alert] = {}
+        for start in range(0, len(alert_ids), 1000):  # (bound parameters per statement are limited)
+            query = select(Alert).where(Alert.alert_id.in_(alert_ids[start:start + 1000])).order_by(Alert.alert_id)
             if self.dialect == "postgresql":
                 query = query.with_for_update()
-            row = session.execute(query).scalar_one()
-            if revision <= row.revision:
-                result.unchanged += 1
-                return
-            result.updated += 1
-            previous = row.status
-            if values["severity_rank"] >= row.severity_rank:
-                row.severity, row.severity_rank = severity, values["severity_rank"]
-            row.title = values["title"]
-            row.reasons = values["reasons"]
-            row.score = values["score"]
-            row.event_ids = values["event_ids"]
-            row.revision = revision
-            row.updated_at = values["updated_at"]
-            if values["threshold_version"] is not None:
-                row.threshold_version = values["threshold_version"]
-            if values["feedback"] is not None:
-                row.feedback, row.confirm_probability = values["feedback"], values["confirm_probability"]
-            if values["customer_name"]:
-                row.customer_name = values["customer_name"]
-            row.status = "open"
-            session.add(AlertHistory(alert_id=alert_id, at=now, by=ENGINE_ACTOR, change=change, from_status=previous,
-                                     to_status="open", from_assignee=row.assignee, to_assignee=row.assignee,
-                                     revision=revision, note=None))
-        if not sinks:
-            return
-        session.flush()
-        if row is None:
-            row = session.execute(select(Alert).where(Alert.alert_id == alert_id)).scalar_one()
-        payload = {"alert": alert_json(row), "status_change": None}
-        result.enqueued += self._enqueue(session, alert_id, revision, "alert", 0, change, payload, sinks, now)
+            rows.update((row.alert_id, row) for row in session.execute(query).scalars())
+        return rows
 
     def _enqueue(
-        self, session: Session, alert_id: str, revision: int, kind: str, seq: int, change: str,
-        payload: dict[str, Any], sinks: list[str], now: datetime,
+        self, session: Session, deliveries: list[tuple[str, int, str, int, str, dict[str, Any]]], sinks: list[str],
+        now: datetime,
     ) -> int:
+        """Enqueue (alert_id, revision, kind, seq, change, payload) to each sink in one statement; how many
+        were new (a delivery already enqueued under its key is left as it is)."""
         rows = [
             {"alert_id": alert_id, "revision": revision, "sink": sink, "kind": kind, "seq": seq, "change": change,
              "payload": payload, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+            for alert_id, revision, kind, seq, change, payload in deliveries
             for sink in sinks
         ]
+        if not rows:
+            return 0
         statement = self._insert(DeliveryRow).on_conflict_do_nothing(
             index_elements=["alert_id", "revision", "sink", "kind", "seq"]
         ).returning(DeliveryRow.__table__.c.id)
         # (rowcount is not reliable with ON CONFLICT on every driver; RETURNING is)
-        return sum(session.execute(statement.values(**row)).first() is not None for row in rows)
+        return len(session.execute(statement, rows).all())
 
     # --- people changing alerts -----------------------------------------------
 
@@ -1028,7 +1083,8 @@ class AlertStore:
                 sinks = list(dict.fromkeys(notify))
             if sinks:
                 payload = {"alert": alert_json(row), "status_change": _history_json(entry)}
-                self._enqueue(session, alert_id, row.revision, "status_change", entry.id, to_status, payload, sinks, now)
+                self._enqueue(session, [(alert_id, row.revision, "status_change", entry.id, to_status, payload)],
+                              sinks, now)
             return alert_json(row)
 
     def assign(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -213,6 +214,40 @@ def test_raise_and_escalation_in_one_batch_are_applied_in_order(alert_store):
     alert = alert_store.get_alert("al_1")
     assert (alert["severity"], alert["revision"]) == ("critical", 2)
     assert [d["revision"] for d in alert["deliveries"]] == [1, 2]
+
+def stored_rows(store: AlertStore) -> dict[str, list[dict]]:
+    """Every alert, history and delivery row in id order, without the ids themselves."""
+    with store.engine.connect() as connection:
+        return {table: [{k: v for k, v in row.items() if k != "id"}
+                        for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY id")).mappings()]
+                for table in ("alerts", "alert_history", "deliveries")}
+
+def test_one_batch_stores_exactly_what_one_update_at_a_time_stores(alert_store):
+    stored = update(alert_id="al_0", severity="critical", customer="C007")
+    batch = [update(), update(severity="critical", revision=2, change="escalated", score=0.9),
+             update(severity="info", revision=1), update(alert_id="al_05", customer="C099"),
+             update(alert_id="al_0", severity="info", revision=2, change="escalated", customer="C007")]
+    outcomes = {}
+    for way in ("one at a time", "one batch"):
+        with alert_store.engine.begin() as connection:
+            for table in ("deliveries", "alert_history", "alerts"):
+                connection.execute(text(f"DELETE FROM {table}"))
+        alert_store.record([stored], ["memory", "slack"], now=T0)
+        later = T0 + timedelta(minutes=5)
+        results = ([alert_store.record([item], ["memory", "slack"], now=later) for item in batch]
+                   if way == "one at a time" else [alert_store.record(batch, ["memory", "slack"], now=later)])
+        counts = [sum(getattr(r, name) for r in results) for name in ("inserted", "updated", "unchanged", "enqueued")]
+        outcomes[way] = counts, stored_rows(alert_store)
+    assert outcomes["one batch"] == outcomes["one at a time"]
+    counts, rows = outcomes["one batch"]
+    assert counts == [2, 2, 1, 8]
+    payloads = [json.loads(d["payload"]) if isinstance(d["payload"], str) else d["payload"] for d in rows["deliveries"]]
+    sent = [(d["alert_id"], d["sink"], p["alert"]["revision"], p["alert"]["severity"])
+            for d, p in zip(rows["deliveries"], payloads)]
+    assert sent[2:] == [("al_1", "memory", 1, "warning"), ("al_1", "slack", 1, "warning"),
+                        ("al_1", "memory", 2, "critical"), ("al_1", "slack", 2, "critical"),
+                        ("al_05", "memory", 1, "warning"), ("al_05", "slack", 1, "warning"),
+                        ("al_0", "memory", 2, "critical"), ("al_0", "slack", 2, "critical")]
 
 def test_a_failing_batch_stores_nothing_at_all(alert_store):
     bad = update(alert_id="al_2", severity="apocalyptic")
