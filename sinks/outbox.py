@@ -7,6 +7,7 @@ that commit. An :class:`OutboxDeliverer` then drains the due deliveries::
     store.due_deliveries(now)   → [Delivery]   (claimed for ``lease`` seconds)
       sink.send(delivery) / sink.deliver(delivery.update)
     store.mark_delivered(id, external_ref)   or   store.mark_failed(id, error, next_attempt_at)
+    store.mark_delivered_many(ids)           (plain sinks, once per batch; see "Batches")
 
 A failed delivery is retried with exponential backoff (``base`` doubling up to
 ``max_delay``, with jitter) until it succeeds, or honours the far side's
@@ -19,6 +20,20 @@ Delivery is at least once: if the worker dies between a sink's success and
 ``mark_delivered``, the claim expires and the delivery is made again, so sinks
 stay idempotent by ``alert_id`` + ``revision`` (see ``sinks.base``). A worker
 that restarts simply finds the pending rows and carries on.
+
+Batches. A claimed batch holds at most one delivery per alert and sink (a
+later one is not due while an earlier one is pending), so the order per alert
+and sink holds however the batch is worked through. Plain sinks (``deliver``
+only: the Kafka alert topic, console, log) are cheap and idempotent by
+``alert_id`` + ``revision`` — a repeat is a record the consumers fold into the
+same revision, or a line printed twice — so their deliveries of a batch are
+made first (``sink.deliver_many`` when the sink has it: the Kafka sink sends
+them all, then waits for the broker's acknowledgements) and the successful
+ones are marked in ONE transaction (``store.mark_delivered_many``); a crash
+before that commit repeats the batch's deliveries to those sinks, no more.
+Rich sinks (``send``: Slack) stay one delivery, one mark: a repeated Slack
+post is seen by people, so the window in which a crash repeats one is kept to
+a single message, and each returns a reference that must be stored with it.
 
 The sink protocol, extended
 ---------------------------
@@ -159,8 +174,17 @@ class OutboxDeliverer:
         """
         now = now or self.clock.now()
         stats = RunStats()
+        plain: dict[str, list[Delivery]] = {}
+        outcomes: list[str] = []
         for delivery in self.store.due_deliveries(now, limit=self.batch, lease=self.lease):
-            outcome = self._attempt(delivery, now)
+            sink = self.sinks.get(delivery.sink)
+            if sink is not None and getattr(sink, "send", None) is None and delivery.kind == "alert":
+                plain.setdefault(delivery.sink, []).append(delivery)
+            else:
+                outcomes.append(self._attempt(delivery, now))
+        if plain:
+            outcomes.extend(self._attempt_plain(plain, now))
+        for outcome in outcomes:
             if outcome == "delivered":
                 stats.delivered += 1
             elif outcome == "skipped":
@@ -169,6 +193,41 @@ class OutboxDeliverer:
                 stats.failed += 1
         self.last = stats
         return stats.delivered
+
+    def _attempt_plain(self, batches: Mapping[str, list[Delivery]], now: datetime) -> list[str]:
+        """Deliver each plain sink's share of the batch, then mark the successes in one transaction."""
+        from sinks.base import SinkError
+
+        delivered: list[int] = []
+        outcomes: list[str] = []
+        for name, deliveries in batches.items():
+            sink = self.sinks[name]
+            many = getattr(sink, "deliver_many", None)
+            problems: list[BaseException | None]
+            if many is not None:
+                try:
+                    problems = list(many([d.update for d in deliveries]))
+                except Exception as problem:  # noqa: BLE001 - the whole call failed: every delivery of it did
+                    problems = [problem] * len(deliveries)
+            else:
+                problems = []
+                for delivery in deliveries:
+                    try:
+                        sink.deliver(delivery.update)
+                    except Exception as problem:  # noqa: BLE001 - retried like an outage, never raised
+                        problems.append(problem)
+                    else:
+                        problems.append(None)
+            for delivery, problem in zip(deliveries, problems):
+                if problem is None:
+                    delivered.append(delivery.delivery_id)
+                    outcomes.append("delivered")
+                elif isinstance(problem, SinkError):
+                    outcomes.append(self._failed(delivery, now, str(problem), problem.retry_after, problem.permanent))
+                else:
+                    outcomes.append(self._failed(delivery, now, f"{type(problem).__name__}: {problem}", None, False))
+        self.store.mark_delivered_many(delivered)
+        return outcomes
 
     def _attempt(self, delivery: Delivery, now: datetime) -> str:
         from sinks.base import SinkError

@@ -1296,6 +1296,27 @@ class AlertStore:
                 session.execute(update(Alert).where(Alert.alert_id == row.alert_id, Alert.slack_ts.is_(None))
                                 .values(slack_channel=ref["channel"], slack_ts=ref["ts"]))
 
+    def mark_delivered_many(self, delivery_ids: Iterable[int], now: datetime | None = None) -> int:
+        """Mark several deliveries made (no external references) in one transaction; return how many changed.
+
+        For sinks whose deliveries are cheap and idempotent by ``alert_id`` + ``revision``
+        (``sinks.outbox``): one commit for a batch instead of one per delivery. Rows no longer
+        pending (marked by someone else) are left as they are, as in :meth:`mark_delivered`.
+        """
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return 0
+        now = self._now(now)
+        with self._session(write=True) as session:
+            result = session.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_(ids), DeliveryRow.status == "pending")
+                .values(status="delivered", attempts=DeliveryRow.attempts + 1, delivered_at=now,
+                        last_error=None, next_attempt_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)
+
     def mark_failed(
         self, delivery_id: int, error: str, next_attempt_at: datetime, permanent: bool = False,
         now: datetime | None = None,
