@@ -146,18 +146,12 @@ def profile(lines: list[bytes], top: int = 15) -> tuple[str, float]:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.worker_throughput import cpu_model
+
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.1f} at the start"
-    return f"{model}, {os.cpu_count()} cores{load}; Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores{load}; Python {platform.python_version()}"
 
 
 def _warm_up() -> None:
