@@ -139,7 +139,9 @@ def test_log_in_filter_open_a_customer_acknowledge_then_resolve_and_see_the_hist
 
 def test_forms_work_from_the_keyboard(page):
     page.goto("/login")
-    assert page.evaluate("() => document.activeElement.id") == "name"  # autofocus
+    # autofocus is applied at a rendering update after the load, not at it: wait (5 s at most) for the focus
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'name'", timeout=5000)
+    assert page.evaluate("() => document.activeElement.id") == "name"
     page.keyboard.type("olga")
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.id") == "password"
