@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from operator import itemgetter
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pipeline import events as ev
 from pipeline.config import LedgerConfig
@@ -1098,18 +1098,12 @@ def _position(state: CustomerState, as_of: date, config: LedgerConfig, book: _Bo
         days_past_due = (as_of - view.due_on).days
         bucket = bucket_for(days_past_due)
         aging_base[bucket] += view.outstanding_base
-        invoice = state.invoices[view.invoice_id]
-        dispute = invoice.open_dispute() if invoice.disputes else None
+        found = _open_dispute(state.invoices[view.invoice_id], view, config, shown)
         disputed = ZERO
-        if dispute is not None:
-            _, amount, reason = dispute
-            disputed = view.outstanding_base if amount is None else min(
-                to_base(amount, view.currency, config), view.outstanding_base
-            )
+        if found is not None:
+            disputed, entry = found
             disputed_total += disputed
-            open_disputes.append(
-                {"invoice_id": view.invoice_id, "amount": shown(disputed), "reason": reason, "opened_at": dispute[0]}
-            )
+            open_disputes.append(entry)
         open_invoices.append(
             {
                 "invoice_id": view.invoice_id,
@@ -1284,6 +1278,20 @@ def views_in_order(state: CustomerState, config: LedgerConfig, also: Iterable[st
     return sorted(picked.values(), key=_vkey)
 
 
+def _open_dispute(invoice: Invoice, view: InvoiceView, config: LedgerConfig,
+                  shown: Callable[[Decimal], Any]) -> tuple[Decimal, dict[str, Any]] | None:
+    """The invoice's open dispute: the amount in dispute (base currency, at most what is outstanding) and its entry."""
+    dispute = invoice.open_dispute() if invoice.disputes else None
+    if dispute is None:
+        return None
+    _, amount, reason = dispute
+    disputed = view.outstanding_base if amount is None else min(
+        to_base(amount, view.currency, config), view.outstanding_base
+    )
+    return disputed, {"invoice_id": view.invoice_id, "amount": shown(disputed), "reason": reason,
+                      "opened_at": dispute[0]}
+
+
 def cash_on_account(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG) -> bool:
     """Does any cash wait, or settle invoices in the oldest-first pool, instead of its own invoice?
 
@@ -1296,6 +1304,13 @@ def cash_on_account(state: CustomerState, config: LedgerConfig = DEFAULT_CONFIG)
     book = _current_book(state, config, alloc)
     if book is not None:
         return bool(book.pass2)
+    return pooled_cash(state, alloc)
+
+
+def pooled_cash(state: CustomerState, alloc: Allocation) -> bool:
+    """:func:`cash_on_account` worked out from ``alloc`` itself (the reference, without the kept book)."""
+    if alloc.unapplied_base or alloc.held_payments:
+        return True
     payments = state.payments
     for source, parts in alloc.allocations.items():
         payment = payments.get(source)
@@ -1458,17 +1473,11 @@ class Figures:
         open_disputes: list[dict[str, Any]] = []
         disputed_total = ZERO
         for view in sorted(self._views(), key=_vkey):
-            invoice = invoices[view.invoice_id]
-            dispute = invoice.open_dispute() if invoice.disputes else None
-            if dispute is not None:
-                _, amount, reason = dispute
-                disputed = view.outstanding_base if amount is None else min(
-                    to_base(amount, view.currency, config), view.outstanding_base
-                )
+            found = _open_dispute(invoices[view.invoice_id], view, config, shown)
+            if found is not None:
+                disputed, entry = found
                 disputed_total += disputed
-                open_disputes.append(
-                    {"invoice_id": view.invoice_id, "amount": shown(disputed), "reason": reason, "opened_at": dispute[0]}
-                )
+                open_disputes.append(entry)
         return open_disputes, shown(disputed_total)
 
     def outstanding_past(self, days: int) -> Decimal:

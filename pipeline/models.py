@@ -109,6 +109,7 @@ from pipeline.ledger import (
     apply,
     cash_on_account,
     new_state,
+    pooled_cash,
     to_base,
     views_in_order,
 )
@@ -640,25 +641,10 @@ class OnlineModels:
         for invoice_id in [iid for iid in open_entries if iid not in seen and iid != skip]:
             del open_entries[invoice_id]  # no longer in the ledger (retired, or its issue replaced)
         if self.exact:
-            m["c"] = int(self._no_cash_on_account(record, alloc))
+            m["c"] = int(not pooled_cash(record.ledger, alloc))
         else:
             m["c"] = int(not cash_on_account(record.ledger, self.ledger_config))
         return drift
-
-    @staticmethod
-    def _no_cash_on_account(record: CustomerRecord, alloc: Allocation) -> bool:
-        """No cash waits or settles invoices in the oldest-first pool; each payment went to its own invoice."""
-        if alloc.unapplied_base or alloc.held_payments:
-            return False
-        payments = record.ledger.payments
-        for source, parts in alloc.allocations.items():
-            payment = payments.get(source)
-            if payment is None or payment.receipt is None:
-                return False  # credit notes used as cash
-            named = payment.receipt[5]
-            if named is None or any(invoice_id != named for invoice_id, _ in parts):
-                return False
-        return True
 
     def _closed(self, m: dict[str, Any], entry: list[Any], settled_on: date, due: int) -> DriftResult | None:
         """An open invoice was settled by cash: its label (if still due), then the days-late statistics."""
