@@ -61,7 +61,7 @@ from typing import Any, Iterable, Mapping
 
 from river import linear_model, optim
 
-from pipeline.models import roc_auc
+from pipeline.models import _clip, _logit, roc_auc
 
 #: The status a verdict moves an alert to → the label it gives.
 VERDICTS: dict[str, str] = {"resolved": "confirmed", "false_positive": "false_positive"}
@@ -71,15 +71,6 @@ REASON_CODE = "confirm_probability"
 FIGURES = ("utilisation", "over_limit", "overdue_share", "dso", "days_beyond_terms", "pd", "disputes",
            "broken_promises", "exposure", "risk")
 SNAPSHOT_VERSION = 1
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 0.005), 0.995)
-    return math.log(p / (1.0 - p))
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    return low if value < low else high if value > high else value
 
 
 def _num(value: Any) -> float | None:
