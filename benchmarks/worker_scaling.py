@@ -13,9 +13,7 @@ when the second worker joins.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-import uuid
 from typing import Any, Iterator
 
 from benchmarks.worker_throughput import (
@@ -23,26 +21,17 @@ from benchmarks.worker_throughput import (
 )
 
 EVENTS = 8_000
-POSTGRES = os.environ.get("CREDITWATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database (dropped afterwards); its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    """A fresh PostgreSQL database (dropped afterwards); its URL. Two workers need one shared store."""
+    from benchmarks.web_pages import postgres_database as fresh_postgres_database
 
-    admin_url = make_url(POSTGRES)
-    name = f"creditwatch_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        if url is None:
+            raise RuntimeError("PostgreSQL is unavailable: one vs two workers needs a database both can write")
+        yield url
 
 
 def run(quick: bool = False) -> str:
