@@ -27,7 +27,6 @@ import json
 import socket
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
@@ -193,22 +192,10 @@ class CuttableProxy:
 @pytest.fixture
 def postgres_schema(postgres_database):
     """A fresh, empty schema in the session's PostgreSQL database: (direct URL, the server's host and port)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from tests.databases import postgres_schema
 
-    base = make_url(postgres_database)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
+    with postgres_schema(postgres_database, drop_lock_timeout="10s") as url:
         yield url
-    finally:
-        with engine.connect() as connection:
-            connection.execute(text("SET lock_timeout = '10s'"))
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture

@@ -62,7 +62,6 @@ import signal
 import socket
 import time
 import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -452,20 +451,10 @@ def offline_pool():
 @pytest.fixture
 def shared_store(postgres_database):
     """An empty schema in the session's PostgreSQL database: the alert store both workers share."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from tests.databases import postgres_schema
 
-    base = make_url(postgres_database)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
+    with postgres_schema(postgres_database) as url:
+        yield url.render_as_string(hide_password=False)
 
 
 @pytest.fixture
