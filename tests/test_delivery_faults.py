@@ -28,11 +28,10 @@ import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import pytest
 
-from pipeline.events import parse_event
 from sinks.store import AlertStore
 from streams.ingest import ingest_file
 from tests.slack_standin import slack_standin  # noqa: F401 - fixture
@@ -50,6 +49,7 @@ from tests.test_end_to_end import (
     worker_env,
 )
 from tests.worker_harness import (
+    as_records,
     WorkerProcess,
     committed_offsets,
     end_offsets,
@@ -230,16 +230,6 @@ def customer_events(customer_id: str, n: int, now: datetime, legal: str | None) 
                        "occurred_at": stamp(now - timedelta(days=1)), "kind": legal,
                        "description": "filed at the local court"})  # fmt: skip
     return events
-
-
-def as_records(settings: Any, events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) as ``creditwatch ingest`` publishes them."""
-    records = []
-    for body in events:
-        raw = json.dumps(body).encode()
-        event = parse_event(raw)
-        records.append((settings.topic(event.topic_kind), event.customer_id.encode(), raw))
-    return records
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, describe: Callable[[], str],

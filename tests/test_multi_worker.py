@@ -54,7 +54,6 @@ it takes minutes.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import random
@@ -69,11 +68,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pytest
 
-from pipeline.events import TOPIC_KIND_BY_PREFIX, parse_event
+from pipeline.events import parse_event
 from pipeline.ledger import CustomerState, canonical, position, replay
 from streams.admin import high_watermarks
 from streams.app import changelog_topic_name, key_partition
 from tests.worker_harness import (
+    as_records,
     Published,
     WorkerProcess,
     cli_env,
@@ -209,12 +209,6 @@ def portfolio_events(customers: int, total: int, seed: int, start: date, duplica
     firsts = [body["occurred_at"] for body in events if not (body["event_id"] in seen or seen.add(body["event_id"]))]
     assert firsts == sorted(firsts), "each event's first copy must arrive in time order (see offline())"
     return events
-
-
-def as_records(settings: Any, events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) of each event, on the topic its type belongs to (the offline side parses them all)."""
-    return [(settings.topic(TOPIC_KIND_BY_PREFIX[body["type"].split(".", 1)[0]]), body["customer_id"].encode(),
-             json.dumps(body).encode()) for body in events]
 
 
 #: Days after the first event on which each customer's position is compared with the offline ledger's.

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from streams.app import changelog_topic_name
-from tests.test_worker import as_records, canonical_all, generated_events, offline
+from tests.test_worker import canonical_all, generated_events, offline
 from tests.worker_harness import (
+    as_records,
     cli_env,
     committed_offsets,
     end_offsets,

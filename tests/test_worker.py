@@ -35,6 +35,7 @@ from pipeline.ledger import CustomerState, canonical, position, replay
 from streams.admin import ensure_topics, high_watermarks
 from streams.app import changelog_topic_name
 from tests.worker_harness import (
+    as_records,
     cli_env,
     committed_offsets,
     end_offsets,
@@ -148,16 +149,6 @@ def generated_events(customers: int, total: int, seed: int, duplicates: float = 
     for _ in range(int(len(events) * duplicates)):
         events.insert(rng.randrange(len(events) // 2, len(events) + 1), dict(rng.choice(events)))
     return events
-
-
-def as_records(settings: Any, events: Iterable[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) of each event, as ``creditwatch ingest`` would publish it."""
-    records = []
-    for body in events:
-        raw = json.dumps(body).encode()
-        event = parse_event(raw)
-        records.append((settings.topic(event.topic_kind), event.customer_id.encode(), raw))
-    return records
 
 
 def offline(events: Iterable[dict[str, Any]], config: LedgerConfig) -> dict[str, CustomerState]:

@@ -17,6 +17,7 @@ deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -263,6 +264,18 @@ class Published:
     offset: int
     key: bytes | None
     value: bytes
+
+
+def as_records(settings: Settings, events: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) of each event, as ``creditwatch ingest`` publishes them (each parsed, so each is valid)."""
+    from pipeline.events import parse_event
+
+    records = []
+    for body in events:
+        raw = json.dumps(body).encode()
+        event = parse_event(raw)
+        records.append((settings.topic(event.topic_kind), event.customer_id.encode(), raw))
+    return records
 
 
 def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]], linger_ms: int = 5) -> list[Published]:
