@@ -49,18 +49,21 @@ class KafkaAlertSink:
     def deliver(self, update: AlertUpdate) -> None:
         from kafka.errors import KafkaError
 
-        alert = update.alert
         producer = self._ensure_producer()
         try:
-            future = producer.send(
-                self.topic,
-                key=alert["customer_id"].encode(),
-                value=json.dumps(alert, default=str, separators=(",", ":")).encode(),
-                headers=[("creditwatch.change", update.change.encode())],
-            )
-            future.get(timeout=self.timeout_s)
+            self._send(producer, update).get(timeout=self.timeout_s)
         except KafkaError as problem:
             raise SinkError(f"kafka: {self.topic}: {problem}") from None
+
+    def _send(self, producer: Any, update: AlertUpdate) -> Any:
+        """The record of one alert update, keyed by customer; returns the producer's future."""
+        alert = update.alert
+        return producer.send(
+            self.topic,
+            key=alert["customer_id"].encode(),
+            value=json.dumps(alert, default=str, separators=(",", ":")).encode(),
+            headers=[("creditwatch.change", update.change.encode())],
+        )
 
     def deliver_many(self, updates: list[AlertUpdate]) -> list[SinkError | None]:
         """Send every update, then wait for the broker's acknowledgements: one outcome per update, in order.
@@ -75,14 +78,8 @@ class KafkaAlertSink:
             return [problem] * len(updates)
         pending: list[Any] = []
         for update in updates:
-            alert = update.alert
             try:
-                pending.append(producer.send(
-                    self.topic,
-                    key=alert["customer_id"].encode(),
-                    value=json.dumps(alert, default=str, separators=(",", ":")).encode(),
-                    headers=[("creditwatch.change", update.change.encode())],
-                ))
+                pending.append(self._send(producer, update))
             except KafkaError as problem:
                 pending.append(SinkError(f"kafka: {self.topic}: {problem}"))
         outcomes: list[SinkError | None] = []
