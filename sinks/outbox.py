@@ -196,8 +196,6 @@ class OutboxDeliverer:
 
     def _attempt_plain(self, batches: Mapping[str, list[Delivery]], now: datetime) -> list[str]:
         """Deliver each plain sink's share of the batch, then mark the successes in one transaction."""
-        from sinks.base import SinkError
-
         delivered: list[int] = []
         outcomes: list[str] = []
         for name, deliveries in batches.items():
@@ -222,16 +220,12 @@ class OutboxDeliverer:
                 if problem is None:
                     delivered.append(delivery.delivery_id)
                     outcomes.append("delivered")
-                elif isinstance(problem, SinkError):
-                    outcomes.append(self._failed(delivery, now, str(problem), problem.retry_after, problem.permanent))
                 else:
-                    outcomes.append(self._failed(delivery, now, f"{type(problem).__name__}: {problem}", None, False))
+                    outcomes.append(self._failed_with(delivery, now, problem))
         self.store.mark_delivered_many(delivered)
         return outcomes
 
     def _attempt(self, delivery: Delivery, now: datetime) -> str:
-        from sinks.base import SinkError
-
         sink = self.sinks.get(delivery.sink)
         if sink is None:
             # Not configured in this worker (yet): keep it, look again later.
@@ -244,12 +238,18 @@ class OutboxDeliverer:
             return "skipped"
         try:
             ref = send(delivery) if send is not None else sink.deliver(delivery.update)
-        except SinkError as problem:
-            return self._failed(delivery, now, str(problem), problem.retry_after, problem.permanent)
         except Exception as problem:  # noqa: BLE001 - a sink bug is retried like an outage, never raised
-            return self._failed(delivery, now, f"{type(problem).__name__}: {problem}", None, False)
+            return self._failed_with(delivery, now, problem)
         self.store.mark_delivered(delivery.delivery_id, dict(ref) if isinstance(ref, Mapping) else None)
         return "delivered"
+
+    def _failed_with(self, delivery: Delivery, now: datetime, problem: BaseException) -> str:
+        """A sink's SinkError says when to retry or to give up; any other exception is retried like an outage."""
+        from sinks.base import SinkError
+
+        if isinstance(problem, SinkError):
+            return self._failed(delivery, now, str(problem), problem.retry_after, problem.permanent)
+        return self._failed(delivery, now, f"{type(problem).__name__}: {problem}", None, False)
 
     def _failed(self, delivery: Delivery, now: datetime, error: str, retry_after: float | None, permanent: bool) -> str:
         delay = self.backoff.delay(delivery.attempt, retry_after)
