@@ -17,6 +17,15 @@ read again, and the ledger's and the store's idempotence make that harmless.
 
 A timer moves the clock: customers whose wake-up day has come get a tick
 (aging, broken promises, late labels), under the same lock as batches.
+
+Nothing reads the table while a rebalance restores it. faust replays a
+changelog partition into the table record by record, so during recovery a
+customer's value may be an older version than the last one written; a tick
+that read it then would cache the old state and the events after recovery
+would be applied to it (lost invoices, payments). faust sets
+``recovery.completed`` once and never clears it, so the worker keeps its own
+flag: cleared when partitions are revoked (under the batch lock, so a batch or
+tick still running finishes first), set by the table's recovery callback.
 """
 
 from __future__ import annotations
@@ -153,13 +162,23 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     topic_kinds = {settings.topic(kind): kind for kind in ("invoices", "payments", "customers")}
     processor = BatchProcessor(cache, runtime.engine, topic_kinds, runtime.clock)
     wake_stale = asyncio.Event()
+    #: The table holds the latest state of every owned partition: not from a revoke to the end of its recovery.
+    table_restored = asyncio.Event()
 
     @app.on_partitions_revoked.connect
     async def forget_partition_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        # Partitions may come back after another worker changed them.
-        cache.clear()
-        runtime.wake.clear()
+        async with runtime.lock:
+            table_restored.clear()
+            # Partitions may come back after another worker changed them.
+            cache.clear()
+            runtime.wake.clear()
         wake_stale.set()
+
+    @table.on_recover
+    async def table_is_restored() -> None:
+        cache.clear()  # nothing is read during recovery, and this keeps it that way if something ever is
+        table_restored.set()
+        metrics.restores.inc()
 
     @app.on_partitions_assigned.connect
     async def mark_wake_schedule_stale(app: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -189,6 +208,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                    for e in events]
         async with runtime.lock:
+            if not table_restored.is_set():
+                # faust pauses the stream during recovery; a batch now would read half-restored states.
+                raise RuntimeError("a batch arrived while the table was being restored")
             started = time.time()
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
@@ -227,10 +249,11 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
 
     @app.timer(tick_interval_s)
     async def move_the_clock() -> None:
-        if not app.tables.recovery.completed.is_set():
-            return
         try:
             async with runtime.lock:
+                if not table_restored.is_set():
+                    metrics.ticks_deferred.inc()
+                    return
                 if wake_stale.is_set():
                     wake_stale.clear()
                     await rebuild_wake_schedule()

@@ -50,6 +50,10 @@ class WorkerMetrics:
         self.model_auc = Gauge("creditwatch_model_roc_auc",
                                "Late-payment model ROC AUC under progressive validation", registry=r)
         self.ticks = Counter("creditwatch_clock_ticks_total", "Customers woken by the clock", registry=r)
+        self.ticks_deferred = Counter("creditwatch_clock_ticks_deferred_total",
+                                      "Clock ticks put off because a rebalance was restoring the table", registry=r)
+        self.restores = Counter("creditwatch_table_restores_total",
+                                "Table recoveries completed (at start and after each rebalance)", registry=r)
         self.ready = False
         self.started = time.time()
 

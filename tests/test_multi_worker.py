@@ -30,7 +30,10 @@ one SQLite file mostly wait for its lock).
    offsets stood still), confirmed with b stopped (SIGSTOP), so the committed
    offsets and changelog ends taken then are exactly what b leaves behind.
 4. Publishing goes on; worker a must own all 8 partitions (its ``/metrics``;
-   the group has one member) and commit every event.
+   the group has one member) and commit every event. Both workers' clocks
+   tick every 200 ms, so ticks fall inside the restores of the table that
+   each rebalance brings; a tick that read a half-restored table would cache
+   old states, and the events after the takeover would be applied to them.
 5. Judged: every record was published to the partition murmur2 gives its key
    (``streams.app.key_partition``), and every customer's changelog records lie
    in that one partition only; every customer's canonical ledger state and its
@@ -93,6 +96,8 @@ PARTITIONS = 8
 #: batches of what arrives in 20 ms, and pays a store transaction and a position per customer for each.
 BATCH_MAX = 2000
 BATCH_WAIT_MS = 250
+#: Clock ticks this often, so that some run while a takeover recovers the table (they must wait for it).
+TICK_INTERVAL_MS = 200
 #: A phase fails when the group's committed offsets have not moved for this long.
 STALL = 120.0
 #: Published at a time, and how far publishing may run ahead of the group's committed offsets.
@@ -478,7 +483,8 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
     envs = {
         name: cli_env(broker, unique_prefix, group, tmp_path / f"data-{name}", CREDITWATCH_HEALTH_PORT=port,
                       CREDITWATCH_DATABASE_URL=shared_store, CREDITWATCH_PARTITIONS=PARTITIONS,
-                      CREDITWATCH_BATCH_MAX=BATCH_MAX, CREDITWATCH_BATCH_WAIT_MS=BATCH_WAIT_MS)
+                      CREDITWATCH_BATCH_MAX=BATCH_MAX, CREDITWATCH_BATCH_WAIT_MS=BATCH_WAIT_MS,
+                      CREDITWATCH_TICK_INTERVAL_MS=TICK_INTERVAL_MS)
         for name, port in ports.items()
     }
     settings = settings_of(envs["a"])
@@ -694,7 +700,14 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
         for event_id in state.seen
         if where[event_id].offset >= committed_at_kill.get((where[event_id].topic, where[event_id].partition), 0)
     ]
-    survivor_counts = consumed(scrape(ports["a"]))
+    survivor_metrics = scrape(ports["a"])
+    survivor_counts = consumed(survivor_metrics)
+    # The survivor restored its table at start, when b joined and when b died; its clock ticked every
+    # TICK_INTERVAL_MS meanwhile, and a tick that came during a restore waited for it (see streams.app).
+    restores = int(sum(value for _, value in survivor_metrics.get("creditwatch_table_restores_total", [])))
+    deferred = int(sum(value for _, value in survivor_metrics.get("creditwatch_clock_ticks_deferred_total", [])))
+    print(f"worker a restored its table {restores} times; {deferred} clock ticks waited for a restore to end")
+    assert restores >= 2, f"worker a's table was restored {restores} times, although it took over b's partitions"
     print(f"{by_owner['a']} customers live on a's partitions, {by_owner['b']} on b's; b had applied "
           f"{len(replayed)} events beyond its committed offsets, which a read again and skipped as already "
           f"applied (a skipped {survivor_counts['duplicates']} events in all; {resent} re-sent copies were published)")
