@@ -7,6 +7,7 @@ from pydantic import Field
 
 from detectors.base import DetectionContext, Detector, DetectorOptions, Finding, Reason, register
 from detectors.rules._common import ALL_TRIGGERS
+from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 
 
 class CompositeOptions(DetectorOptions):
@@ -17,6 +18,7 @@ class CompositeOptions(DetectorOptions):
                                     description="detectors not counted: recommendations, scores that already "
                                                 "combine the other signs, and signs common in healthy customers "
                                                 "(over the limit, a dispute, a drift in days late)")
+    max_severity: MaxSeverity = max_severity_field("critical", "a combination of signs")
 
     def check(self) -> str | None:
         from detectors.base import REGISTRY
@@ -78,9 +80,9 @@ class Composite(Detector):
         reasons = [
             Reason("distinct_warning_signs",
                    f"{len(names)} different warning signs in the last {opts.window_days} days "
-                   f"(critical from {opts.min_detectors})",
+                   f"({capped('critical', opts.max_severity)} from {opts.min_detectors})",
                    float(len(names)), float(opts.min_detectors)),
             *(Reason("warning_sign", f"{name}: last found on {last_seen[name].isoformat()}") for name in names),
         ]
         title = f"Several warning signs at once: {', '.join(names)}"
-        return [self.finding("critical", title, reasons, ctx)], memory
+        return [self.finding(capped("critical", opts.max_severity), title, reasons, ctx)], memory
