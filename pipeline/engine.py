@@ -236,10 +236,13 @@ class RiskEngine:
         episodes = risk.book.episodes
         # A condition whose episode is still open holds today, even if its detector did not run now.
         holding = None
+        # The detectors with an open episode: only those need settling when they find nothing. (Only a
+        # detector's own settle changes its episode, and each detector runs once here, so this stays true.)
+        open_names: list[str] | tuple[()] = ()
         if episodes:
             conditions = self._conditions
-            holding = [(today, name) for name, episode in episodes.items()
-                       if episode.ended_on is None and name in conditions]
+            open_names = [name for name, episode in episodes.items() if episode.ended_on is None]
+            holding = [(today, name) for name in open_names if name in conditions]
         ctx = DetectionContext(
             ledger=record.ledger,
             event=event,
@@ -252,15 +255,18 @@ class RiskEngine:
         updates: list[AlertUpdate] = []
         memories = risk.memory
         for name, detect, detector in runs:
-            memory = memories.get(name)
-            findings, memory = detect(ctx, {} if memory is None else memory)
-            if memory:
-                memories[name] = memory
-            elif name in memories:
-                del memories[name]
+            if name in memories:
+                findings, memory = detect(ctx, memories[name])
+                if memory:
+                    memories[name] = memory
+                else:
+                    del memories[name]
+            else:
+                findings, memory = detect(ctx, {})
+                if memory:
+                    memories[name] = memory
             if not findings:
-                episode = episodes.get(name)
-                if episode is None or episode.ended_on is not None:
+                if name not in open_names:
                     continue  # nothing found and no open episode to end: settling would change nothing
             else:
                 for finding in findings:

@@ -774,6 +774,7 @@ class _Book:
         return sum(map(_DUE, window), ZERO), sum(map(_LATE, window), ZERO)
 
 
+_TEN_THOUSANDTH = Decimal("0.0001")
 _DUE = itemgetter(2)
 _LATE = itemgetter(3)
 
@@ -1350,7 +1351,8 @@ class Figures:
     read from the position itself.
     """
 
-    __slots__ = ("state", "as_of", "config", "_book", "_position", "_exposure_base", "_exposure", "_open", "_broken")
+    __slots__ = ("state", "as_of", "config", "_book", "_position", "_exposure_base", "_exposure", "_utilisation",
+                 "_open", "_broken")
 
     def __init__(self, state: CustomerState, as_of: date, config: LedgerConfig = DEFAULT_CONFIG):
         self.state, self.as_of, self.config = state, as_of, config
@@ -1358,6 +1360,7 @@ class Figures:
         self._position: Position | None = None if self._book is not None else position(state, as_of, config)
         self._exposure_base: Decimal | None = None
         self._exposure: Decimal | None = None
+        self._utilisation: Decimal | None = None
         self._open: list[InvoiceView] | None = None
         self._broken: list[dict[str, Any]] | None = None
 
@@ -1378,26 +1381,32 @@ class Figures:
 
     @property
     def exposure(self) -> Decimal:
+        if self._exposure is not None:  # (never set when the figures come from a position)
+            return self._exposure
         if self._position is not None:
             return self._position.exposure
-        if self._exposure is None:
-            book, lifetime = self._book, self.state.lifetime
-            exposure_base = (
-                (book.issued + lifetime.issued)  # type: ignore[union-attr]
-                + (book.adjusted + lifetime.adjusted)  # type: ignore[union-attr]
-                - (book.alloc.applied_base + lifetime.settled)  # type: ignore[union-attr]
-                - (book.credited + lifetime.credited)  # type: ignore[union-attr]
-                - (book.written_off + lifetime.written_off)  # type: ignore[union-attr]
-            )
-            self._exposure = self._shown(exposure_base)
-        return self._exposure
+        book, lifetime = self._book, self.state.lifetime
+        exposure_base = (
+            (book.issued + lifetime.issued)  # type: ignore[union-attr]
+            + (book.adjusted + lifetime.adjusted)  # type: ignore[union-attr]
+            - (book.alloc.applied_base + lifetime.settled)  # type: ignore[union-attr]
+            - (book.credited + lifetime.credited)  # type: ignore[union-attr]
+            - (book.written_off + lifetime.written_off)  # type: ignore[union-attr]
+        )
+        exposure = self._exposure = self._shown(exposure_base)
+        return exposure
 
     @property
     def utilisation(self) -> Decimal | None:
         if self._position is not None:
             return self._position.utilisation
-        limit = self.credit_limit
-        return (self.exposure / limit).quantize(Decimal("0.0001")) if limit else None
+        utilisation = self._utilisation
+        if utilisation is None:
+            limit = self.state.profile.credit_limit
+            if not limit:
+                return None
+            utilisation = self._utilisation = (self.exposure / limit).quantize(_TEN_THOUSANDTH)
+        return utilisation
 
     def _views(self) -> list[InvoiceView]:
         if self._open is None:

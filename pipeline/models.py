@@ -430,12 +430,24 @@ class OnlineModels:
             return 0
         best = 0
         late_days = self.late_days + 1
+        full_days = OVERDUE_FULL_DAYS + 1
         for entry in m["o"].values():
+            # Its days: due + 1 (overdue), due + late_days + 1 (the label, while it waits for one) and
+            # due + OVERDUE_FULL_DAYS + 1; due + 1 comes first of them, so it is the answer while ahead.
             due = entry[1]
-            for day in ((due + late_days, due + 1, due + OVERDUE_FULL_DAYS + 1) if entry[3] == 0
-                        else (due + 1, due + OVERDUE_FULL_DAYS + 1)):
-                if t < day and (not best or day < best):
-                    best = day
+            day = due + 1
+            if day <= t:
+                day = due + full_days
+                if day <= t:
+                    day = 0
+                if entry[3] == 0:
+                    label_day = due + late_days
+                    if t < label_day and (not day or label_day < day):
+                        day = label_day
+                if not day:
+                    continue
+            if not best or day < best:
+                best = day
         if m.get("dd"):
             day = m["dd"][0] + DRIFT_ACTIVE_DAYS + 1
             if t < day and (not best or day < best):
@@ -699,18 +711,27 @@ class OnlineModels:
         late_probability = signals.late_probability
         full_days = OVERDUE_FULL_DAYS
         for invoice_id, entry in m["o"].items():
-            _, due, p, state, outstanding, _, _ = entry
-            if state == 0 and due < late_limit:
-                self._label(m, entry, 1, "overdue")  # more than late_days past due, unpaid: late, now
-                state = 1
-            total += outstanding
-            if state == 2:
-                unwatched += outstanding
-            else:
-                if state == 1:
+            due = entry[1]
+            state = entry[3]
+            outstanding = entry[4]
+            if state == 0:
+                if due < late_limit:
+                    self._label(m, entry, 1, "overdue")  # more than late_days past due, unpaid: late, now
                     p = 1.0
-                late_probability[invoice_id] = p
-                weighted += outstanding * p
+                else:
+                    p = entry[2]
+            elif state == 1:
+                p = 1.0
+            else:  # 2: issued before the models watched it, no p of its own
+                total += outstanding
+                unwatched += outstanding
+                past_due = t - due
+                if past_due > 0:
+                    overdue += outstanding * (1.0 if past_due >= full_days else past_due / full_days)
+                continue
+            total += outstanding
+            late_probability[invoice_id] = p
+            weighted += outstanding * p
             past_due = t - due
             if past_due > 0:
                 overdue += outstanding * (1.0 if past_due >= full_days else past_due / full_days)
@@ -743,8 +764,12 @@ class OnlineModels:
         if not promises:
             m.pop("bp", None)
             return 0
-        grace = self.ledger_config.promise_grace_days
-        if not any(p.promised_on + timedelta(days=grace) < today for p in promises.values()):
+        # promised_on + grace < today, with the grace taken off today once instead of added to each promise
+        deadline_before = today - timedelta(days=self.ledger_config.promise_grace_days)
+        for promise in promises.values():
+            if promise.promised_on < deadline_before:
+                break
+        else:
             return 0
         cached = m.get("bp")
         if cached is not None and cached[1] == today.toordinal() and not moved:

@@ -12,7 +12,7 @@ from detectors.rules._common import dec, figures, round_to, stamp_day
 from detectors.rules._grading import MaxSeverity, capped, max_severity_field
 from detectors.rules.credit_limit import EXPOSURE_CHANGES
 from detectors.rules.rating_downgrade import RatingDowngrade, previous_rating
-from pipeline.ledger import DEFAULT_CONFIG, settled_count
+from pipeline.ledger import DEFAULT_CONFIG, Figures, settled_count
 
 REVIEW_CHANGES = EXPOSURE_CHANGES | {
     "tick", "customer.rating_changed", "customer.insurance_limit_changed", "customer.legal_event",
@@ -130,7 +130,7 @@ class CreditLimitReview(Detector):
             return [], memory
         opts = self.options
         currency = pos.currency
-        signals = self._risk_signals(ctx)
+        signals = self._risk_signals(ctx, pos)
         caps: list[tuple[Decimal, Reason]] = []
         insured = pos.insured_limit
         if opts.follow_insurance and insured is not None and insured < limit:
@@ -179,9 +179,10 @@ class CreditLimitReview(Detector):
 
     # --- cut ----------------------------------------------------------------------
 
-    def _risk_signals(self, ctx: DetectionContext) -> list[Reason]:
+    def _risk_signals(self, ctx: DetectionContext, pos: Figures | None = None) -> list[Reason]:
         opts = self.options
-        pos = figures(ctx)
+        if pos is None:
+            pos = figures(ctx)
         signals: list[Reason] = []
         if pos.exposure > 0 and pos.max_days_past_due > opts.overdue_days:
             late = pos.outstanding_past(opts.overdue_days)
@@ -220,8 +221,11 @@ class CreditLimitReview(Detector):
         return None
 
     def _insolvency(self, ctx: DetectionContext) -> Reason | None:
+        legal_events = ctx.ledger.profile.legal_events
+        if not legal_events:
+            return None
         horizon = ctx.today - timedelta(days=self.options.legal_lookback_days)
-        for ts, _, kind, description in reversed(ctx.ledger.profile.legal_events):
+        for ts, _, kind, description in reversed(legal_events):
             if kind in _INSOLVENCY and stamp_day(ts) >= horizon:
                 detail = f": {description}" if description else ""
                 return Reason("insolvency", f"{kind.replace('_', ' ')} on {stamp_day(ts).isoformat()}{detail} — "
