@@ -97,6 +97,8 @@ class Settings:
     store: str = "memory://"
     #: How many decoded customer records a worker keeps in memory in front of the Table (LRU).
     state_cache: int = 100_000
+    #: The worker's log level (its own loggers; faust, mode and the Kafka clients stay at WARNING or above).
+    log_level: str = "WARNING"
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -177,6 +179,16 @@ def _store(raw: str) -> str:
     return STORES[name]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"CREDITWATCH_LOG_LEVEL={text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
@@ -213,6 +225,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         review_url=env.get("CREDITWATCH_REVIEW_URL", "http://127.0.0.1:8000/alerts/{alert_id}"),
         store=_store(env.get("CREDITWATCH_STORE", "memory://")),
         state_cache=_int(env, "CREDITWATCH_STATE_CACHE", 100_000, 1, 100_000_000),
+        log_level=_log_level(env.get("CREDITWATCH_LOG_LEVEL", "WARNING")),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

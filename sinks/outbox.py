@@ -61,7 +61,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
 
 from pipeline.clock import Clock, SystemClock
 
@@ -157,7 +157,10 @@ class OutboxDeliverer:
         backoff: Backoff | None = None,
         batch: int = 100,
         lease: timedelta = timedelta(seconds=60),
+        observe: Callable[[RunStats], None] | None = None,
     ):
+        #: Told each run's counts (the worker's /metrics); called on the delivering thread.
+        self.observe = observe
         self.store = store
         self.sinks = dict(sinks)
         self.clock = clock or SystemClock()
@@ -192,6 +195,8 @@ class OutboxDeliverer:
             else:
                 stats.failed += 1
         self.last = stats
+        if self.observe is not None and (stats.delivered or stats.failed or stats.skipped):
+            self.observe(stats)
         return stats.delivered
 
     def _attempt_plain(self, batches: Mapping[str, list[Delivery]], now: datetime) -> list[str]:

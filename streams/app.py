@@ -204,6 +204,14 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
 
     processed_to: dict[tuple[str, int], int] = {}
 
+    def log_alerts(updates: list[Any]) -> None:
+        for update in updates:
+            alert = update.alert
+            context = {"customer_id": alert["customer_id"], "alert_id": update.alert_id}
+            if alert.get("event_ids"):
+                context["event_id"] = alert["event_ids"][-1]  # the latest evidence
+            log.info("alert %s %s", update.change, alert["title"], extra=context)
+
     async def handle_batch(events: list[Any]) -> None:
         records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                    for e in events]
@@ -217,9 +225,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             await runtime.persist(result.updates, result.states, now, result.applied)
             await write(result.states, result.partitions, result.dead_letters)
             runtime.schedule(result.states.values(), now.date())
-            for update in result.updates:
-                log.info("alert %s %s", update.change, update.alert["title"],
-                         extra={"customer_id": update.alert["customer_id"], "alert_id": update.alert_id})
+            log_alerts(result.updates)
             metrics.observe_batch(result, records, started, time.time(), [e.message.timestamp for e in events])
             for record in records:
                 processed_to[(record.topic, record.partition)] = record.offset + 1
@@ -263,6 +269,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 if touched:
                     await runtime.persist(updates, touched, now)
                     await write(touched, {}, [])
+                    log_alerts(updates)
+                    metrics.observe_alerts(updates)
         except Exception:  # noqa: BLE001 - same crash-only rule as batches
             log.critical("clock tick failed; stopping", exc_info=True)
             logging.shutdown()
@@ -314,7 +322,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         from pipeline.clock import SystemClock
 
         # Retries wait in wall time, even when the detection clock is accelerated (demo).
-        deliverer = OutboxDeliverer(runtime.store, runtime.sinks, SystemClock())
+        deliverer = OutboxDeliverer(runtime.store, runtime.sinks, SystemClock(), observe=metrics.observe_deliveries)
         runtime.deliverer = deliverer
         await deliverer.run_forever(runtime.stopping, poll_interval=0.5)
 

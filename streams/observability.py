@@ -47,6 +47,8 @@ class WorkerMetrics:
         self.deliveries_failed = Counter("creditwatch_deliveries_failed_total",
                                          "Delivery attempts that failed and will be retried or gave up", registry=r)
         self.deliveries_done = Counter("creditwatch_deliveries_delivered_total", "Deliveries made", registry=r)
+        self.deliveries_skipped = Counter("creditwatch_deliveries_skipped_total",
+                                          "Deliveries a sink does not take (e.g. a status change for a sink that only posts alerts)", registry=r)
         self.model_auc = Gauge("creditwatch_model_roc_auc",
                                "Late-payment model ROC AUC under progressive validation", registry=r)
         self.ticks = Counter("creditwatch_clock_ticks_total", "Customers woken by the clock", registry=r)
@@ -57,6 +59,18 @@ class WorkerMetrics:
         self.ready = False
         self.started = time.time()
 
+    def observe_deliveries(self, stats: Any) -> None:
+        """One outbox run's counts (``sinks.outbox.RunStats``)."""
+        self.deliveries_done.inc(stats.delivered)
+        self.deliveries_failed.inc(stats.failed)
+        self.deliveries_skipped.inc(stats.skipped)
+
+    def observe_alerts(self, updates: list[Any]) -> None:
+        """Alert updates, from a batch of events or from the clock."""
+        for update in updates:
+            alert = update.alert
+            self.alerts.labels(alert["detector"], alert["severity"], update.change).inc()
+
     def observe_batch(self, result: Any, records: list[Any], started: float, now_epoch: float,
                       timestamps: list[float]) -> None:
         for event in result.applied:
@@ -65,9 +79,7 @@ class WorkerMetrics:
             self.duplicates.inc(result.duplicates)
         for letter in result.dead_letters:
             self.dead_letters.labels(letter.record.topic).inc()
-        for update in result.updates:
-            alert = update.alert
-            self.alerts.labels(alert["detector"], alert["severity"], update.change).inc()
+        self.observe_alerts(result.updates)
         for stamp in timestamps:
             if stamp:
                 self.latency.observe(max(now_epoch - stamp, 0.0))

@@ -146,7 +146,7 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
 
     from streams.app import build_app
 
-    quiet_logging()
+    quiet_logging(getattr(logging, settings.log_level))
     if os.environ.get("CREDITWATCH_NAIVE_RECOVERY") == "1":
         # Test-only: faust's own ListOffsets-based recovery ends, which lose the
         # last changelog batch on Tansu (see streams.transport). Exists so that
