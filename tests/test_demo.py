@@ -7,18 +7,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from streams.broker import free_port
 from tests.worker_harness import creditwatch_command
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:
@@ -28,7 +22,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_demo_serves_the_web_app_raises_alerts_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path):
-    web_port = _free_port()
+    web_port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CREDITWATCH_")}
     env["PYTHONUNBUFFERED"] = "1"
     log = tmp_path / "demo.out"

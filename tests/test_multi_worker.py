@@ -61,9 +61,7 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -75,14 +73,17 @@ from pipeline.events import parse_event
 from pipeline.ledger import CustomerState, canonical, position, replay
 from streams.admin import high_watermarks
 from streams.app import changelog_topic_name, key_partition
+from streams.broker import free_port
 from tests.worker_harness import (
     as_records,
+    Metrics,
     Published,
     WorkerProcess,
     cli_env,
     committed_offsets,
     end_offsets,
     publish,
+    scrape_metrics,
     settings_of,
     state_difference,
 )
@@ -256,26 +257,6 @@ def offline(lines: list[bytes], ledger: Any, days: tuple[date, ...]) -> dict[str
 # --- watching the workers -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-Metrics = Mapping[str, list[tuple[dict[str, str], float]]]
-
-
-def scrape(port: int) -> Metrics:
-    """A worker's /metrics: sample name -> [(labels, value)]."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
-    return samples
 
 
 def owned_partitions(metrics: Metrics, topics: Iterable[str]) -> dict[str, frozenset[int]]:
@@ -509,7 +490,7 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
         worker.wait_ready(timeout=180)
 
     def views() -> dict[str, dict[str, frozenset[int]]]:
-        return {name: owned_partitions(scrape(port), inputs) for name, port in ports.items()}
+        return {name: owned_partitions(scrape_metrics(port), inputs) for name, port in ports.items()}
 
     def split(view: Mapping[str, Mapping[str, frozenset[int]]]) -> dict[str, frozenset[int]] | None:
         """Each worker's partitions, if the two are disjoint and cover all of them (on every input topic)."""
@@ -584,7 +565,7 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
     mine = {name: [i for i, p in enumerate(published) if p.partition in partitions]
             for name, partitions in ownership.items()}
     for name, port in ports.items():
-        counts = consumed(scrape(port))
+        counts = consumed(scrape_metrics(port))
         distinct = {events[i]["event_id"] for i in mine[name]}
         assert counts == {"applied": len(distinct), "duplicates": len(mine[name]) - len(distinct), "dead_lettered": 0}, (
             f"worker {name} took {counts} from its input, but its partitions {sorted(ownership[name])} hold "
@@ -643,7 +624,7 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
 
     def taken_over(committed: int) -> bool:
         nonlocal takeover
-        if owned_partitions(scrape(ports["a"]), inputs) == {topic: everything for topic in inputs}:
+        if owned_partitions(scrape_metrics(ports["a"]), inputs) == {topic: everything for topic in inputs}:
             takeover = time.monotonic() - killed_at
         return takeover is not None
 
@@ -700,7 +681,7 @@ def test_two_workers_own_disjoint_customers_and_one_takes_over_exactly_once_when
         for event_id in state.seen
         if where[event_id].offset >= committed_at_kill.get((where[event_id].topic, where[event_id].partition), 0)
     ]
-    survivor_metrics = scrape(ports["a"])
+    survivor_metrics = scrape_metrics(ports["a"])
     survivor_counts = consumed(survivor_metrics)
     # The survivor restored its table at start, when b joined and when b died; its clock ticked every
     # TICK_INTERVAL_MS meanwhile, and a tick that came during a restore waited for it (see streams.app).

@@ -8,7 +8,6 @@ sent or against the store, the record of truth — not merely for being there.
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -20,15 +19,10 @@ from sinks.store import AlertStore
 from streams.ingest import ingest_file
 from tests.slack_standin import slack_standin  # noqa: F401 - fixture
 from tests.test_end_to_end import EXAMPLES, deliveries, offline_alerts, wait_until_settled, worker_env
-from tests.worker_harness import publish, settings_of
+from streams.broker import free_port
+from tests.worker_harness import publish, scrape_metrics, settings_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -37,16 +31,6 @@ def get(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as answer:
         return answer.code, answer.read().decode()
-
-
-def samples(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(get(port, "/metrics")[1]):
-        for sample in family.samples:
-            found.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return found
 
 
 def total(found: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
@@ -87,7 +71,7 @@ def test_metrics_count_events_dead_letters_alerts_and_deliveries_as_the_store_an
     # The counters follow the store within a few seconds (the gauges refresh every 5 s).
     deadline = time.monotonic() + 30
     while True:
-        found = samples(port)
+        found = scrape_metrics(port)
         done = (total(found, "creditwatch_deliveries_delivered_total") == delivered
                 and total(found, "creditwatch_deliveries", status="delivered") == delivered
                 and found.get("creditwatch_consumer_lag"))

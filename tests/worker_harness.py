@@ -353,3 +353,23 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
     from streams.admin import high_watermarks
 
     return {(topic, p): end for topic in topics for p, end in high_watermarks(bootstrap, topic).items()}
+
+
+# --- a worker's /metrics ------------------------------------------------------------
+
+Metrics = Mapping[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape_metrics(port: int) -> Metrics:
+    """A worker's /metrics: sample name -> [(labels, value)]."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
