@@ -67,6 +67,8 @@ class Composite(Detector):
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
         opts = self.options
+        if len(ctx.recent_findings) < opts.min_detectors:
+            return [], memory  # fewer findings than the distinct detectors it takes
         start = ctx.today - timedelta(days=opts.window_days - 1)
         last_seen: dict[str, Any] = {}
         for day, detector in ctx.recent_findings:
