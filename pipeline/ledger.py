@@ -51,7 +51,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, Inexact, getcontext
+from decimal import Decimal
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator
 
@@ -676,7 +676,7 @@ class _Book:
         "config", "alloc", "views", "open", "pass2", "pass2_max", "on_account_max", "named_last", "named_by",
         "sources", "counting", "issued", "adjusted", "credited", "written_off", "paid_amount", "paid_weighted",
         "by_issue", "by_settle", "min_close", "orphans", "held_reversals", "reversed_received",
-        "oldest_due", "dbt", "dbt_recent", "recent_window",
+        "oldest_due", "dbt", "dbt_recent",
     )
 
     def fill(self, state: CustomerState, alloc: Allocation, views: dict[str, InvoiceView], pass2: set[str],
@@ -720,7 +720,6 @@ class _Book:
         self.held_reversals = set()
         self.reversed_received = set()
         self.oldest_due = self.dbt = self.dbt_recent = _UNKNOWN
-        self.recent_window = None
         for pid, payment in state.payments.items():
             if payment.reversal is not None:
                 (self.held_reversals if payment.receipt is None else self.reversed_received).add(pid)
@@ -745,9 +744,6 @@ class _Book:
             self.paid_weighted += weighted
             insort(self.by_settle, (on, view.invoice_id, view.due_base, weighted))
             self.dbt = self.dbt_recent = _UNKNOWN
-            kept = self.recent_window
-            if kept is not None:
-                self.recent_window = _window_with(kept, on, view.due_base, weighted)
 
     def oldest_open_due(self) -> date | None:
         """The earliest due date of an open invoice (kept until the open invoices change)."""
@@ -766,62 +762,9 @@ class _Book:
             dbt = self.dbt = (paid_weighted / paid_amount).quantize(TENTH) if paid_amount else None
         recent = self.dbt_recent
         if recent is _UNKNOWN or recent[0] != as_of:  # type: ignore[index]
-            recent = self.dbt_recent = (as_of, self._recent_days_beyond_terms(as_of - timedelta(days=window_days), as_of))
+            amount, weighted = self.recent_sums(as_of - timedelta(days=window_days), as_of)
+            recent = self.dbt_recent = (as_of, (weighted / amount).quantize(TENTH) if amount else None)
         return dbt, recent[1]  # type: ignore[return-value,index]
-
-    def _recent_days_beyond_terms(self, window_start: date, as_of: date) -> Decimal | None:
-        """Amount-weighted days late of the invoices settled by cash in (window_start, as_of].
-
-        The window (its bounds as indexes into ``by_settle``, its two sums and its answer) is kept
-        until a settlement or a retirement changes ``by_settle``. While the window only moves forward,
-        the invoices it takes in are added and those it lets go are taken off, instead of summing the
-        whole window again (a large customer settles hundreds of invoices in the DSO window). That is
-        the same answer only when no addition or subtraction rounded (the decimal context's Inexact
-        flag tells) and no amount is negative; otherwise the window is summed afresh, as before.
-        """
-        by_settle = self.by_settle
-        kept = self.recent_window
-        flags = getcontext().flags
-        inexact_before = flags[Inexact]
-        if kept is not None and kept[4] is not None and window_start >= kept[0] and as_of >= kept[1]:
-            _, _, lo, hi, amount, weighted, value = kept
-            count = len(by_settle)
-            flags[Inexact] = False
-            exact = True
-            while hi < count and by_settle[hi][0] <= as_of:  # bisect_right of as_of, on from the last one
-                item = by_settle[hi]
-                if item[2] < 0:
-                    exact = False
-                amount += item[2]
-                weighted += item[3]
-                hi += 1
-            while lo < hi and by_settle[lo][0] <= window_start:  # and of window_start (those past hi are later)
-                item = by_settle[lo]
-                amount -= item[2]
-                weighted -= item[3]
-                lo += 1
-            exact = exact and not flags[Inexact]
-            if inexact_before:
-                flags[Inexact] = True
-            if exact:
-                if lo != kept[2] or hi != kept[3] or value is _UNKNOWN:
-                    # Exact sums have the value of the fresh ones, so the quotient rounds the same way.
-                    value = (weighted / amount).quantize(TENTH) if amount else None
-                self.recent_window = (window_start, as_of, lo, hi, amount, weighted, value)
-                return value  # type: ignore[no-any-return]
-        lo = bisect_right(by_settle, window_start, key=_DAY)
-        hi = bisect_right(by_settle, as_of, key=_DAY)
-        window = by_settle[lo:hi]
-        # sum() adds left to right from its start, exactly as a loop would (the same roundings, if any)
-        flags[Inexact] = False
-        amount, weighted = sum(map(_DUE, window), ZERO), sum(map(_LATE, window), ZERO)
-        exact = not flags[Inexact]
-        if inexact_before:
-            flags[Inexact] = True
-        value = (weighted / amount).quantize(TENTH) if amount else None
-        # Sums that rounded are not moved on from (None): the next window is summed afresh.
-        self.recent_window = (window_start, as_of, lo, hi, amount if exact else None, weighted, value)
-        return value
 
     def recent_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal]:
         """Σ net due and Σ net due × days late of the invoices settled by cash in (window_start, as_of]."""
@@ -829,28 +772,6 @@ class _Book:
         window = by_settle[bisect_right(by_settle, window_start, key=_DAY):bisect_right(by_settle, as_of, key=_DAY)]
         # sum() adds left to right from its start, exactly as a loop would (the same roundings, if any)
         return sum(map(_DUE, window), ZERO), sum(map(_LATE, window), ZERO)
-
-
-def _window_with(kept: tuple[Any, ...], on: date, due_base: Decimal, weighted: Decimal) -> tuple[Any, ...] | None:
-    """The kept DSO window (see ``_Book._recent_days_beyond_terms``) after an invoice settled on ``on``
-    went into ``by_settle``: its bounds shift past it, or its sums take it in (its answer is then
-    worked out when next asked for); None (sum afresh) when that could differ from a fresh sum."""
-    window_start, as_of, lo, hi, amount, weighted_sum, value = kept
-    if on <= window_start:  # sorted in before the window
-        return (window_start, as_of, lo + 1, hi + 1, amount, weighted_sum, value)
-    if on > as_of:  # after it
-        return kept
-    if amount is None or due_base < 0:
-        return None
-    flags = getcontext().flags
-    inexact_before = flags[Inexact]
-    flags[Inexact] = False
-    amount += due_base
-    weighted_sum += weighted
-    exact = not flags[Inexact]
-    if inexact_before:
-        flags[Inexact] = True
-    return (window_start, as_of, lo, hi + 1, amount, weighted_sum, _UNKNOWN) if exact else None
 
 
 _TEN_THOUSANDTH = Decimal("0.0001")
@@ -1794,7 +1715,6 @@ def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], 
     book.counting[:] = [item for item in book.counting if item[1] not in payments]
     book.min_close = min(alloc.close_dates.values(), default=None)
     book.oldest_due = book.dbt = book.dbt_recent = _UNKNOWN
-    book.recent_window = None
     if recompute_max:
         book.pass2_max = max((_vkey(views[iid]) for iid in book.pass2), default=None)
     return True

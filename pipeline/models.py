@@ -169,9 +169,6 @@ LEGAL_ACTIVE_DAYS = 365
 LEGAL_WEIGHT = {"insolvency_filing": 0.5, "liquidation": 0.6, "court_judgment": 0.2, "other": 0.05}
 
 
-_FOUR_DIGITS = (4,) * len(FEATURES)  # round(value, 4) of each feature, through map
-
-
 def _logit(p: float) -> float:
     p = min(max(p, 0.005), 0.995)
     return math.log(p / (1.0 - p))
@@ -509,7 +506,6 @@ class OnlineModels:
         oldest = 0
         disputes = 0
         t = today.toordinal()
-        invoices = ledger.invoices
         for invoice_id, entry in m["o"].items():
             if invoice_id == exclude:
                 continue
@@ -519,9 +515,8 @@ class OnlineModels:
             if past_due > 0:
                 overdue_total += outstanding
                 overdue_count += 1
-                if past_due > oldest:
-                    oldest = past_due
-            invoice = invoices.get(invoice_id)
+                oldest = max(oldest, past_due)
+            invoice = ledger.invoices.get(invoice_id)
             if invoice is not None and invoice.disputes:
                 dispute = invoice.open_dispute()
                 if dispute is not None and (as_of is None or dispute[0] <= as_of):
@@ -546,7 +541,7 @@ class OnlineModels:
             _clip(pd * 10, 0.0, 5.0),
             math.log1p(disputes),
         )
-        return list(map(round, values, _FOUR_DIGITS))
+        return [round(v, 4) for v in values]
 
     def predict(self, features: Sequence[float]) -> float:
         """P(late) for one feature vector (in :data:`FEATURES` order)."""
