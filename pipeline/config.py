@@ -99,6 +99,9 @@ class Settings:
     state_cache: int = 100_000
     #: The worker's log level (its own loggers; faust, mode and the Kafka clients stay at WARNING or above).
     log_level: str = "WARNING"
+    #: Where the worker runs its outbox relay: ``process`` (a child process of its own, so delivery does not compete
+    #: with the stream processor for the GIL; streams.delivery) or ``inline`` (a thread of the worker process).
+    delivery: str = "process"
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -189,6 +192,16 @@ def _log_level(text: str) -> str:
     return level
 
 
+DELIVERY_MODES = ("inline", "process")
+
+
+def _delivery(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in DELIVERY_MODES:
+        raise ConfigError(f"CREDITWATCH_DELIVERY={text!r} is not one of {', '.join(DELIVERY_MODES)}")
+    return mode
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
@@ -226,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         store=_store(env.get("CREDITWATCH_STORE", "memory://")),
         state_cache=_int(env, "CREDITWATCH_STATE_CACHE", 100_000, 1, 100_000_000),
         log_level=_log_level(env.get("CREDITWATCH_LOG_LEVEL", "WARNING")),
+        delivery=_delivery(env.get("CREDITWATCH_DELIVERY", "") or "process"),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

@@ -315,8 +315,18 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             async with runtime.lock:
                 await save_checkpoint()
 
+    delivery = None
+    if settings.delivery == "process":
+        from streams.delivery import DeliveryProcess
+
+        # The outbox relay in a child process (streams.delivery): it does not compete for this process's GIL.
+        delivery = DeliveryProcess(observe=metrics.observe_deliveries)
+
     @app.task
     async def deliver_alerts(app: faust.App) -> None:
+        if delivery is not None:
+            await delivery.supervise(runtime.stopping)
+            return
         from sinks.outbox import OutboxDeliverer
 
         from pipeline.clock import SystemClock
@@ -366,4 +376,6 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     app.creditwatch_table = table  # type: ignore[attr-defined]
     app.creditwatch_cache = cache  # type: ignore[attr-defined]
     app.creditwatch_save_checkpoint = save_checkpoint  # type: ignore[attr-defined]
+    #: The delivery child process (CREDITWATCH_DELIVERY=process), None when the outbox runs inline.
+    app.creditwatch_delivery = delivery  # type: ignore[attr-defined]
     return app

@@ -183,6 +183,8 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
             await app.creditwatch_save_checkpoint()
         except Exception:  # noqa: BLE001 - a lost checkpoint costs learning, not correctness
             log.warning("could not save the model checkpoint on shutdown", exc_info=True)
+        if app.creditwatch_delivery is not None:
+            await app.creditwatch_delivery.stop()  # it finishes the deliveries in hand
 
     worker = faust.Worker(app, loglevel="warn", redirect_stdouts=False, quiet=True, override_logging=False)
     worker.spinner = None  # its handler is what forces the root logger to DEBUG
@@ -191,5 +193,7 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     except SystemExit as stopped:
         return int(stopped.code or 0)
     finally:
+        if app.creditwatch_delivery is not None:
+            app.creditwatch_delivery.stop_now()  # already stopped unless the shutdown went wrong
         runtime.store.close()
     return 0
