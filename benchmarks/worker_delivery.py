@@ -28,27 +28,11 @@ EVENTS = 20_000
 MODES = ("inline", "process", "inline", "process")
 
 
-def delivery_children(worker_pid: int) -> list[int]:
-    """Processes whose parent is the worker and that run ``streams.delivery``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if parent == worker_pid and b"streams.delivery" in command:
-            found.append(int(entry.name))
-    return found
-
-
 def run_mode(broker: Any, folder: Path, prefix: str, total: int, mode: str, n: int,
              timeout: float = 3_600) -> dict[str, Any]:
     """One worker in ``mode`` over the backlog: rate until committed, drain of the outbox, CPU of both processes."""
     from sinks.store import AlertStore
-    from tests.worker_harness import committed_offsets, settings_of
+    from tests.worker_harness import committed_offsets, delivery_children, settings_of
 
     port = free_port()
     env = bench_env(broker, folder, prefix, f"{mode}{n}", CREDITWATCH_HEALTH_PORT=port,

@@ -168,6 +168,7 @@ class OutboxDeliverer:
         self.batch = batch
         self.lease = lease
         self.last = RunStats()
+        self._outage = 0  # runs in a row that found the store unreachable
 
     def run_once(self, now: datetime | None = None) -> int:
         """Attempt every delivery that is due; return how many were delivered.
@@ -266,29 +267,31 @@ class OutboxDeliverer:
         self.store.mark_failed(delivery.delivery_id, error, now + timedelta(seconds=delay), permanent=permanent)
         return "failed"
 
-    def _full_batch(self) -> bool:
-        """The last run took a whole batch: more may be due right away."""
-        return self.last.delivered + self.last.failed + self.last.skipped >= self.batch
+    def step(self, poll_interval: float = 1.0) -> float:
+        """One run; how long to wait before the next (every loop that drives a deliverer uses this).
+
+        None after a full batch (more may be due right away); while the store is unreachable, waits
+        that double up to 10 s, so that pending deliveries go out within seconds once it is back.
+        """
+        from sinks.store import StoreUnavailable
+
+        try:
+            self.run_once()
+        except StoreUnavailable as problem:
+            self._outage += 1
+            if self._outage == 1:
+                log.warning("outbox paused, store unavailable: %s", problem)
+            return min(10.0, poll_interval * 2 ** min(self._outage, 8))
+        if self._outage:
+            log.warning("outbox resumed after the store came back")
+            self._outage = 0
+        last = self.last
+        return 0.0 if last.delivered + last.failed + last.skipped >= self.batch else poll_interval
 
     async def run_forever(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         """Deliver until ``stop`` is set; while the store is unreachable, wait and try again."""
-        from sinks.store import StoreUnavailable
-
-        outage = 0
         while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.run_once)
-            except StoreUnavailable as problem:
-                outage += 1
-                # Short waits: once the store is back, pending deliveries should go out within seconds.
-                wait = min(10.0, poll_interval * 2 ** min(outage, 8))
-                if outage == 1:
-                    log.warning("outbox paused, store unavailable: %s", problem)
-            else:
-                if outage:
-                    log.warning("outbox resumed after the store came back")
-                outage = 0
-                wait = 0.0 if self._full_batch() else poll_interval
+            wait = await asyncio.to_thread(self.step, poll_interval)
             if wait:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=wait)
@@ -299,17 +302,10 @@ class OutboxDeliverer:
         """The same loop on a daemon thread, for callers without an event loop."""
 
         def loop() -> None:
-            from sinks.store import StoreUnavailable
-
             while not stop.is_set():
-                try:
-                    self.run_once()
-                except StoreUnavailable as problem:
-                    log.warning("outbox paused, store unavailable: %s", problem)
-                    stop.wait(poll_interval * 5)
-                    continue
-                if not self._full_batch():
-                    stop.wait(poll_interval)
+                wait = self.step(poll_interval)
+                if wait:
+                    stop.wait(wait)
 
         thread = threading.Thread(target=loop, name="creditwatch-outbox", daemon=True)
         thread.start()

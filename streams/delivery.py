@@ -70,27 +70,13 @@ def deliver_until_stopped(deliverer: Any, stop: "StopFlag | threading.Event", al
                           poll_interval: float = 0.5) -> None:
     """``OutboxDeliverer.run_forever`` without an event loop: deliver until ``stop`` is set or ``alive()`` is False.
 
-    While the store is unreachable it waits (doubling, at most 10 s) and tries again, as the worker's loop does.
+    While the store is unreachable it waits (doubling, at most 10 s) and tries again (``OutboxDeliverer.step``).
     """
-    from sinks.store import StoreUnavailable
-
-    outage = 0
     while not stop.is_set():
         if not alive():
             log.warning("the worker is gone; delivery stops")
             return
-        try:
-            deliverer.run_once()
-        except StoreUnavailable as problem:
-            outage += 1
-            wait = min(10.0, poll_interval * 2 ** min(outage, 8))
-            if outage == 1:
-                log.warning("outbox paused, store unavailable: %s", problem)
-        else:
-            if outage:
-                log.warning("outbox resumed after the store came back")
-            outage = 0
-            wait = 0.0 if deliverer._full_batch() else poll_interval
+        wait = deliverer.step(poll_interval)
         if wait:
             stop.wait(wait)
 

@@ -22,23 +22,7 @@ from streams.broker import free_port
 from streams.ingest import ingest_file
 from tests.test_end_to_end import EXAMPLES, deliveries, wait_until_settled
 from tests.test_worker_observability import total
-from tests.worker_harness import cli_env, run_cli, scrape_metrics, settings_of
-
-
-def delivery_children(worker_pid: int) -> list[int]:
-    """Live processes whose parent is ``worker_pid`` and which run ``streams.delivery``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == worker_pid and stat[0] != "Z" and b"streams.delivery" in command:
-            found.append(int(entry.name))
-    return found
+from tests.worker_harness import cli_env, delivery_children, run_cli, scrape_metrics, settings_of
 
 
 def running(pid: int) -> bool:

@@ -373,3 +373,22 @@ def scrape_metrics(port: int) -> Metrics:
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
+
+
+# --- a worker's delivery process ------------------------------------------------------
+
+
+def delivery_children(worker_pid: int) -> list[int]:
+    """Live processes whose parent is ``worker_pid`` and which run ``streams.delivery``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == worker_pid and stat[0] != "Z" and b"streams.delivery" in command:
+            found.append(int(entry.name))
+    return found
