@@ -525,7 +525,7 @@ def run(quick: bool = False) -> str:
         _row("(ii) aiokafka `getmany` + `BatchProcessor` (parse, engine), alerts into a memory sink", results["free"], free_rate),
         _row("(ii+) (ii) + record encoding + `WorkerRuntime.persist` to SQLite (alerts, outbox, positions, snapshots, events)",
              results["free+store"], free_rate),
-        _row("**(iii) `creditwatch worker`** (faust, changelog, SQLite store, outbox), ready → all offsets committed",
+        _row("**(iii) `creditwatch worker`** (faust, changelog, SQLite store; the outbox relay in its child process, whose CPU is not in this row: see the next section), ready → all offsets committed",
              results["worker"], free_rate),
         "",
         f"Worker start-up (process start → ready line; migrations ran before): {worker['startup']:.1f} s, not counted. "
