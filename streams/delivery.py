@@ -232,31 +232,34 @@ class DeliveryProcess:
                 return
             self.start()
 
-    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the child and wait (it finishes its run in hand); SIGKILL after ``timeout``."""
+    def _terminate(self) -> "subprocess.Popen[bytes] | None":
+        """Mark the child stopped (not to be restarted) and SIGTERM it if it runs; its Popen, if any."""
         self.stopped = True
         process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+        return process
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the child and wait (it finishes its run in hand); SIGKILL after ``timeout``."""
+        process = self._terminate()
         if process is None:
             return None
-        if process.poll() is None:
-            process.terminate()
-            deadline = asyncio.get_running_loop().time() + timeout
-            while process.poll() is None and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
         return self.stop_now()
 
     def stop_now(self, timeout: float = 2.0) -> int | None:
         """The same without an event loop, for the worker's way out: SIGTERM, a short wait, SIGKILL."""
-        self.stopped = True
-        process = self.process
+        process = self._terminate()
         if process is None:
             return None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                return process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
         return process.wait()
 
 
