@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 import zstandard
 
@@ -153,6 +153,48 @@ def _is_default(value: Any, default: Any) -> bool:
 # --- layout 1 ------------------------------------------------------------------
 
 
+def _opening_columns(openings: list[Any], ref: Callable[[str], int | str], base: str) -> list[list[Any]]:
+    """The columns of a kind's opening facts (invoice issues, payment receipts), each
+    ``(timestamp, event id, amount, currency, day, …)``: timestamps as seconds since the previous one, days
+    as days after the timestamp's (a timestamp that is not canonical UTC text stays text, with its day
+    number), event ids as indexes into ``seen``, the base currency as 0. ``_openings`` reads them back."""
+    ts_col: list[int | str] = []
+    eid_col: list[int | str] = []
+    amount_col: list[str] = []
+    currency_col: list[int | str] = []
+    day_col: list[int] = []
+    last = 0
+    for ts, eid, amount, currency, day, _ in openings:
+        seconds = _ts(ts)
+        if seconds is None:
+            ts_col.append(ts)
+            day_col.append(day.toordinal())
+        else:
+            ts_col.append(seconds - last)
+            last = seconds
+            day_col.append(day.toordinal() - _EPOCH_DAY - seconds // 86400)
+        eid_col.append(ref(eid))
+        amount_col.append(str(amount))
+        currency_col.append(0 if currency == base else currency)
+    return [ts_col, eid_col, amount_col, currency_col, day_col]
+
+
+def _openings(ts_col: list[Any], eid_col: list[Any], amount_col: list[str], currency_col: list[Any],
+              day_col: list[int], eid_of: Callable[[Any], str], base: str) -> list[tuple[str, str, Decimal, str, date]]:
+    """``(timestamp, event id, amount, currency, day)`` of each opening fact: the reverse of ``_opening_columns``."""
+    openings = []
+    last = 0
+    for ts, eid, amount, currency, day in zip(ts_col, eid_col, amount_col, currency_col, day_col):
+        if type(ts) is int:
+            last += ts
+            ts = _ts_text(last)
+            on = date.fromordinal(day + _EPOCH_DAY + last // 86400)
+        else:
+            on = date.fromordinal(day)
+        openings.append((ts, eid_of(eid), Decimal(amount), base if currency == 0 else currency, on))
+    return openings
+
+
 def _layout(state: CustomerState, risk: Any) -> list[Any]:
     profile = state.profile
     base = profile.currency
@@ -180,33 +222,18 @@ def _layout(state: CustomerState, risk: Any) -> list[Any]:
 
     # invoices: one column per field of the issue; corrections sparse
     inv_ids: list[str] = []
-    inv_ts: list[int | str] = []
-    inv_eid: list[int | str] = []
-    inv_amount: list[int | str] = []
-    inv_cur: list[int | str] = []
-    inv_on: list[int] = []
+    issues: list[Any] = []
     inv_due: list[int] = []
     unissued: list[int] = []
     corrections: list[Any] = []
-    last = 0
     for n, (iid, inv) in enumerate(state.invoices.items()):
         inv_ids.append(iid)
         issue = inv.issue
         if issue is None:
             unissued.append(n)
         else:
-            ts, eid, amount, currency, issued_on, due_on = issue
-            seconds = _ts(ts)
-            if seconds is None:
-                inv_ts.append(ts)
-                inv_on.append(issued_on.toordinal())
-            else:
-                inv_ts.append(seconds - last)
-                last = seconds
-                inv_on.append(issued_on.toordinal() - _EPOCH_DAY - seconds // 86400)
-            inv_eid.append(ref(eid))
-            inv_amount.append(str(amount))
-            inv_cur.append(0 if currency == base else currency)
+            issues.append(issue)
+            issued_on, due_on = issue[4], issue[5]
             inv_due.append(due_on.toordinal() - issued_on.toordinal())
         if inv.adjustments or inv.write_offs or inv.disputes or inv.resolutions:
             corrections.append([n, facts(inv.adjustments), facts(inv.write_offs), facts(inv.disputes),
@@ -214,33 +241,18 @@ def _layout(state: CustomerState, risk: Any) -> list[Any]:
     invoice_index = {iid: n for n, iid in enumerate(inv_ids)}
 
     pay_ids: list[str] = []
-    pay_ts: list[int | str] = []
-    pay_eid: list[int | str] = []
-    pay_amount: list[int | str] = []
-    pay_cur: list[int | str] = []
-    pay_on: list[int] = []
+    receipts: list[Any] = []
     pay_inv: list[int | str | None] = []
     unreceived: list[int] = []
     reversals: list[Any] = []
-    last = 0
     for n, (pid, payment) in enumerate(state.payments.items()):
         pay_ids.append(pid)
         receipt = payment.receipt
         if receipt is None:
             unreceived.append(n)
         else:
-            ts, eid, amount, currency, received_on, invoice_id = receipt
-            seconds = _ts(ts)
-            if seconds is None:
-                pay_ts.append(ts)
-                pay_on.append(received_on.toordinal())
-            else:
-                pay_ts.append(seconds - last)
-                last = seconds
-                pay_on.append(received_on.toordinal() - _EPOCH_DAY - seconds // 86400)
-            pay_eid.append(ref(eid))
-            pay_amount.append(str(amount))
-            pay_cur.append(0 if currency == base else currency)
+            receipts.append(receipt)
+            invoice_id = receipt[5]
             if invoice_id is None:
                 pay_inv.append(None)
             else:
@@ -256,8 +268,8 @@ def _layout(state: CustomerState, risk: Any) -> list[Any]:
         state.customer_id,
         profile_out,
         lifetime_out,
-        [inv_ids, inv_ts, inv_eid, inv_amount, inv_cur, inv_on, inv_due, unissued, corrections],
-        [pay_ids, pay_ts, pay_eid, pay_amount, pay_cur, pay_on, pay_inv, unreceived, reversals],
+        [inv_ids, *_opening_columns(issues, ref, base), inv_due, unissued, corrections],
+        [pay_ids, *_opening_columns(receipts, ref, base), pay_inv, unreceived, reversals],
         promises,
         state.watermark,
         state.events_applied,
@@ -282,24 +294,14 @@ def _state(data: list[Any]) -> tuple[CustomerState, Any]:
     inv_ids, inv_ts, inv_eid, inv_amount, inv_cur, inv_on, inv_due, unissued, corrections = invoices_in
     invoices: dict[str, Invoice] = {}
     skip = set(unissued)
-    k = 0
-    last = 0
+    issues = iter(zip(_openings(inv_ts, inv_eid, inv_amount, inv_cur, inv_on, eid_of, base), inv_due))
     for n, iid in enumerate(inv_ids):
         if n in skip:
             invoices[iid] = Invoice(iid)
             continue
-        ts = inv_ts[k]
-        if type(ts) is int:
-            last += ts
-            ts = _ts_text(last)
-            issued_on = date.fromordinal(inv_on[k] + _EPOCH_DAY + last // 86400)
-        else:
-            issued_on = date.fromordinal(inv_on[k])
-        due_on = date.fromordinal(issued_on.toordinal() + inv_due[k])
-        currency = inv_cur[k]
-        invoices[iid] = Invoice(iid, issue=(ts, eid_of(inv_eid[k]), Decimal(inv_amount[k]),
-                                            base if currency == 0 else currency, issued_on, due_on))
-        k += 1
+        (ts, eid, amount, currency, issued_on), due_days = next(issues)
+        invoices[iid] = Invoice(iid, issue=(ts, eid, amount, currency, issued_on,
+                                            date.fromordinal(issued_on.toordinal() + due_days)))
     for n, adjustments, write_offs, disputes, resolutions in corrections:
         invoice = invoices[inv_ids[n]]
         invoice.adjustments = facts(adjustments)
@@ -310,26 +312,15 @@ def _state(data: list[Any]) -> tuple[CustomerState, Any]:
     pay_ids, pay_ts, pay_eid, pay_amount, pay_cur, pay_on, pay_inv, unreceived, reversals = payments_in
     payments: dict[str, Payment] = {}
     skip = set(unreceived)
-    k = 0
-    last = 0
+    receipts = iter(zip(_openings(pay_ts, pay_eid, pay_amount, pay_cur, pay_on, eid_of, base), pay_inv))
     for n, pid in enumerate(pay_ids):
         if n in skip:
             payments[pid] = Payment(pid)
             continue
-        ts = pay_ts[k]
-        if type(ts) is int:
-            last += ts
-            ts = _ts_text(last)
-            received_on = date.fromordinal(pay_on[k] + _EPOCH_DAY + last // 86400)
-        else:
-            received_on = date.fromordinal(pay_on[k])
-        currency = pay_cur[k]
-        invoice_id = pay_inv[k]
+        (ts, eid, amount, currency, received_on), invoice_id = next(receipts)
         if type(invoice_id) is int:
             invoice_id = inv_ids[invoice_id]
-        payments[pid] = Payment(pid, receipt=(ts, eid_of(pay_eid[k]), Decimal(pay_amount[k]),
-                                              base if currency == 0 else currency, received_on, invoice_id))
-        k += 1
+        payments[pid] = Payment(pid, receipt=(ts, eid, amount, currency, received_on, invoice_id))
     for n, ts, eid, reason in reversals:
         payments[pay_ids[n]].reversal = (ts, eid_of(eid), reason)
 
