@@ -64,7 +64,7 @@ import signal
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 import pytest
@@ -82,9 +82,13 @@ from tests.worker_harness import (
     cli_env,
     committed_offsets,
     end_offsets,
+    invoice_issued,
+    payment_received,
     publish,
+    registered,
     scrape_metrics,
     settings_of,
+    stamp,
     state_difference,
 )
 
@@ -113,10 +117,6 @@ ALERTING_TYPES = frozenset({"customer.legal_event", "customer.bank_details_chang
 
 
 # --- the events ------------------------------------------------------------------------
-
-
-def stamp(day: date, hour: int, minute: int = 0) -> str:
-    return datetime.combine(day, dtime(hour % 24, minute), tzinfo=timezone.utc).isoformat()
 
 
 def portfolio_events(customers: int, total: int, seed: int, start: date, duplicates: float = 0.02) -> list[dict[str, Any]]:
@@ -150,11 +150,7 @@ def portfolio_events(customers: int, total: int, seed: int, start: date, duplica
     events: list[dict[str, Any]] = []
     for c in range(customers):
         customer_id = f"K{c:04d}"
-        events.append({
-            "event_id": f"{customer_id}-reg", "type": "customer.registered", "customer_id": customer_id,
-            "occurred_at": stamp(start, 6), "name": f"Customer {c}", "country": "DE",
-            "credit_limit": str(rng.randint(10, 500) * 1000), "currency": "EUR", "payment_terms_days": 30,
-        })  # fmt: skip
+        events.append(registered(customer_id, c, start, rng.randint(10, 500) * 1000))
         invoices: list[str] = []
         payments: list[tuple[str, date]] = []
         wants_payment = specials["reversal"][c]
@@ -162,22 +158,12 @@ def portfolio_events(customers: int, total: int, seed: int, start: date, duplica
             day = start + timedelta(days=rng.randint(1, 100))
             hour = rng.randint(7, 18)
             if not invoices or (rng.random() < 0.5 and not (wants_payment and not payments and n == regular - 1)):
-                invoice_id = f"{customer_id}-I{n}"
-                invoices.append(invoice_id)
-                events.append({
-                    "event_id": f"{customer_id}-e{n}", "type": "invoice.issued", "customer_id": customer_id,
-                    "occurred_at": stamp(day, hour), "invoice_id": invoice_id,
-                    "amount": f"{rng.randint(10_000, 5_000_000) / 100:.2f}",
-                    "currency": rng.choice(["EUR", "EUR", "USD"]), "issued_on": day.isoformat(),
-                    "due_on": (day + timedelta(days=30)).isoformat(),
-                })  # fmt: skip
+                amount = f"{rng.randint(10_000, 5_000_000) / 100:.2f}"
+                body = invoice_issued(customer_id, n, day, hour, amount, rng.choice(["EUR", "EUR", "USD"]))
+                invoices.append(body["invoice_id"])
+                events.append(body)
             else:
-                body = {
-                    "event_id": f"{customer_id}-e{n}", "type": "payment.received", "customer_id": customer_id,
-                    "occurred_at": stamp(day, hour), "payment_id": f"{customer_id}-P{n}",
-                    "amount": f"{rng.randint(1_000, 3_000_000) / 100:.2f}", "currency": "EUR",
-                    "received_on": day.isoformat(),
-                }  # fmt: skip
+                body = payment_received(customer_id, n, day, hour, f"{rng.randint(1_000, 3_000_000) / 100:.2f}")
                 if rng.random() < 0.6:
                     body["invoice_id"] = rng.choice(invoices)
                 payments.append((body["payment_id"], day))

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,6 +36,10 @@ from streams.admin import ensure_topics, high_watermarks
 from streams.app import changelog_topic_name
 from tests.worker_harness import (
     as_records,
+    invoice_issued,
+    payment_received,
+    registered,
+    stamp,
     cli_env,
     committed_offsets,
     end_offsets,
@@ -98,10 +102,6 @@ def assert_positions_equal(
             assert got == want, f"{customer_id} as of {day}: {got.to_json()} != {want.to_json()}"
 
 
-def stamp(day: date, hour: int) -> str:
-    return datetime.combine(day, dtime(hour % 24), tzinfo=timezone.utc).isoformat()
-
-
 def generated_events(customers: int, total: int, seed: int, duplicates: float = 0.02) -> list[dict[str, Any]]:
     """``total`` events for ``customers`` customers over 100 days, interleaved in time order.
 
@@ -116,32 +116,18 @@ def generated_events(customers: int, total: int, seed: int, duplicates: float = 
     per_customer = total // customers
     for c in range(customers):
         customer_id = f"K{c:03d}"
-        events.append({
-            "event_id": f"{customer_id}-reg", "type": "customer.registered", "customer_id": customer_id,
-            "occurred_at": stamp(start, 6), "name": f"Customer {c}", "country": "DE",
-            "credit_limit": str(rng.randint(10, 500) * 1000), "currency": "EUR", "payment_terms_days": 30,
-        })  # fmt: skip
+        events.append(registered(customer_id, c, start, rng.randint(10, 500) * 1000))
         invoices: list[tuple[str, int]] = []
         for n in range(per_customer - 1):
             day = start + timedelta(days=rng.randint(1, 100))
             hour = rng.randint(7, 18)
             cents = rng.randint(10_000, 5_000_000)
             if not invoices or rng.random() < 0.5:
-                invoice_id = f"{customer_id}-I{n}"
-                invoices.append((invoice_id, cents))
-                events.append({
-                    "event_id": f"{customer_id}-e{n}", "type": "invoice.issued", "customer_id": customer_id,
-                    "occurred_at": stamp(day, hour), "invoice_id": invoice_id, "amount": f"{cents / 100:.2f}",
-                    "currency": rng.choice(["EUR", "EUR", "USD"]), "issued_on": day.isoformat(),
-                    "due_on": (day + timedelta(days=30)).isoformat(),
-                })  # fmt: skip
+                body = invoice_issued(customer_id, n, day, hour, f"{cents / 100:.2f}", rng.choice(["EUR", "EUR", "USD"]))
+                invoices.append((body["invoice_id"], cents))
+                events.append(body)
             else:
-                body = {
-                    "event_id": f"{customer_id}-e{n}", "type": "payment.received", "customer_id": customer_id,
-                    "occurred_at": stamp(day, hour), "payment_id": f"{customer_id}-P{n}",
-                    "amount": f"{rng.randint(1_000, 3_000_000) / 100:.2f}", "currency": "EUR",
-                    "received_on": day.isoformat(),
-                }  # fmt: skip
+                body = payment_received(customer_id, n, day, hour, f"{rng.randint(1_000, 3_000_000) / 100:.2f}")
                 if rng.random() < 0.6:
                     body["invoice_id"] = rng.choice(invoices)[0]
                 events.append(body)

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -392,3 +393,38 @@ def delivery_children(worker_pid: int) -> list[int]:
         if int(stat[1]) == worker_pid and stat[0] != "Z" and b"streams.delivery" in command:
             found.append(int(entry.name))
     return found
+
+
+# --- generated events ---------------------------------------------------------------
+# The bodies the generators of tests/test_worker.py and tests/test_multi_worker.py share; each generator draws
+# its random figures in its own order and passes them in.
+
+
+def stamp(day: date, hour: int, minute: int = 0) -> str:
+    return datetime.combine(day, dtime(hour % 24, minute), tzinfo=timezone.utc).isoformat()
+
+
+def registered(customer_id: str, number: int, day: date, credit_limit: int) -> dict[str, Any]:
+    return {
+        "event_id": f"{customer_id}-reg", "type": "customer.registered", "customer_id": customer_id,
+        "occurred_at": stamp(day, 6), "name": f"Customer {number}", "country": "DE",
+        "credit_limit": str(credit_limit), "currency": "EUR", "payment_terms_days": 30,
+    }  # fmt: skip
+
+
+def invoice_issued(customer_id: str, n: int, day: date, hour: int, amount: str, currency: str) -> dict[str, Any]:
+    """Invoice ``{customer_id}-I{n}`` (event ``{customer_id}-e{n}``), due 30 days after ``day``."""
+    return {
+        "event_id": f"{customer_id}-e{n}", "type": "invoice.issued", "customer_id": customer_id,
+        "occurred_at": stamp(day, hour), "invoice_id": f"{customer_id}-I{n}", "amount": amount,
+        "currency": currency, "issued_on": day.isoformat(), "due_on": (day + timedelta(days=30)).isoformat(),
+    }  # fmt: skip
+
+
+def payment_received(customer_id: str, n: int, day: date, hour: int, amount: str) -> dict[str, Any]:
+    """Payment ``{customer_id}-P{n}`` in EUR (event ``{customer_id}-e{n}``), naming no invoice."""
+    return {
+        "event_id": f"{customer_id}-e{n}", "type": "payment.received", "customer_id": customer_id,
+        "occurred_at": stamp(day, hour), "payment_id": f"{customer_id}-P{n}", "amount": amount,
+        "currency": "EUR", "received_on": day.isoformat(),
+    }  # fmt: skip
