@@ -16,6 +16,7 @@ storms, however many events arrive.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -165,3 +166,15 @@ def _alert(ctx: DetectionContext, finding: Finding, episode: Episode, threshold_
         "revision": episode.revision,
         "threshold_version": threshold_version,
     }
+
+
+def finite_float(value: Any) -> float | None:
+    """A number read back from JSON (an alert's score or estimate, a position's figure), as a finite float;
+    None for anything else."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -61,6 +61,7 @@ from typing import Any, Iterable, Mapping
 
 from river import linear_model, optim
 
+from pipeline.alerts import finite_float
 from pipeline.models import _clip, _logit, roc_auc
 
 #: The status a verdict moves an alert to → the label it gives.
@@ -73,14 +74,6 @@ FIGURES = ("utilisation", "over_limit", "overdue_share", "dso", "days_beyond_ter
 SNAPSHOT_VERSION = 1
 
 
-def _num(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _optimizer(name: str, learning_rate: float) -> optim.base.Optimizer:
@@ -91,27 +84,27 @@ def _figures(position: Mapping[str, Any] | None, risk: float | None) -> dict[str
     """The customer's figures, each scaled to about [-1, 3]; absent figures are left out (weight 0)."""
     pos = position or {}
     if risk is None:
-        risk = _num(pos.get("risk_score"))  # the worker's positions carry the model's risk score
+        risk = finite_float(pos.get("risk_score"))  # the worker's positions carry the model's risk score
     out: dict[str, float] = {}
-    utilisation = _num(pos.get("utilisation"))
+    utilisation = finite_float(pos.get("utilisation"))
     if utilisation is not None:
         out["utilisation"] = _clip(utilisation, 0.0, 3.0)
         out["over_limit"] = 1.0 if utilisation > 1.0 else 0.0
-    exposure = _num(pos.get("exposure"))
-    overdue = _num(pos.get("overdue"))
+    exposure = finite_float(pos.get("exposure"))
+    overdue = finite_float(pos.get("overdue"))
     if exposure is not None and exposure > 0 and overdue is not None:
         out["overdue_share"] = _clip(overdue / exposure, 0.0, 1.0)
     if exposure is not None:
         out["exposure"] = _clip((math.log10(max(exposure, 0.0) + 1.0) - 4.0) / 2.0, -2.0, 2.0)
-    dso = _num(pos.get("dso_days"))
+    dso = finite_float(pos.get("dso_days"))
     if dso is not None:
         out["dso"] = _clip(dso / 60.0, 0.0, 4.0)
-    beyond = _num(pos.get("days_beyond_terms_recent"))
+    beyond = finite_float(pos.get("days_beyond_terms_recent"))
     if beyond is None:
-        beyond = _num(pos.get("days_beyond_terms"))
+        beyond = finite_float(pos.get("days_beyond_terms"))
     if beyond is not None:
         out["days_beyond_terms"] = _clip(beyond / 30.0, -1.0, 4.0)
-    pd = _num(pos.get("probability_of_default"))
+    pd = finite_float(pos.get("probability_of_default"))
     if pd is not None:
         out["pd"] = _clip(pd * 10.0, 0.0, 5.0)
     disputes = pos.get("open_disputes")
@@ -193,7 +186,7 @@ class FeedbackModel:
         """The alert's features: detector, severity, score, the customer's figures and detector × figure."""
         detector = str(alert.get("detector"))
         x: dict[str, float] = {f"detector={detector}": 1.0, f"severity={alert.get('severity')}": 1.0}
-        score = _num(alert.get("score"))
+        score = finite_float(alert.get("score"))
         if score is not None:
             x["score"] = _clip(score, -1.0, 3.0)
             x[f"{detector}*score"] = x["score"]

@@ -94,6 +94,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from pipeline.clock import Clock, SystemClock
+from pipeline.alerts import finite_float
 from sinks.outbox import Delivery
 
 if TYPE_CHECKING:
@@ -635,16 +636,6 @@ def _decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-def _float(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None
-
-
 #: Envelope fields of an input event (CONTRACT §2); the rest is an event's summary.
 _ENVELOPE = frozenset({"event_id", "type", "customer_id", "occurred_at", "schema_version", "source"})
 
@@ -705,7 +696,7 @@ def _alert_values(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "revision": int(alert.get("revision") or 1),
         "threshold_version": alert.get("threshold_version"),
         "feedback": alert.get("feedback"),
-        "confirm_probability": _float((alert.get("feedback") or {}).get("confirm_probability")),
+        "confirm_probability": finite_float((alert.get("feedback") or {}).get("confirm_probability")),
         "raised_at": raised_at,
         "updated_at": _when(alert.get("updated_at")) or raised_at,
         "stored_at": now,
@@ -1395,7 +1386,7 @@ class AlertStore:
                 "rating": position.get("rating"),
                 "position": dict(position),
                 "updated_at": now,
-                "risk_score": _float(position.get("risk_score")),
+                "risk_score": finite_float(position.get("risk_score")),
             })
         statement = self._insert(CustomerPositionRow)
         statement = statement.on_conflict_do_update(
