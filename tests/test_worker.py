@@ -123,7 +123,8 @@ def generated_events(customers: int, total: int, seed: int, duplicates: float = 
             hour = rng.randint(7, 18)
             cents = rng.randint(10_000, 5_000_000)
             if not invoices or rng.random() < 0.5:
-                body = invoice_issued(customer_id, n, day, hour, f"{cents / 100:.2f}", rng.choice(["EUR", "EUR", "USD"]))
+                currency = rng.choice(["EUR", "EUR", "USD"])
+                body = invoice_issued(customer_id, n, day, hour, f"{cents / 100:.2f}", currency)
                 invoices.append((body["invoice_id"], cents))
                 events.append(body)
             else:
