@@ -21,8 +21,7 @@ from sinks.store import AlertStore
 from streams.broker import free_port
 from streams.ingest import ingest_file
 from tests.test_end_to_end import EXAMPLES, deliveries, wait_until_settled
-from tests.test_worker_observability import total
-from tests.worker_harness import cli_env, delivery_children, run_cli, scrape_metrics, settings_of
+from tests.worker_harness import cli_env, delivery_children, metric_total as total, run_cli, scrape_metrics, settings_of
 
 
 def running(pid: int) -> bool:

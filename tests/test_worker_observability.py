@@ -20,7 +20,7 @@ from streams.ingest import ingest_file
 from tests.slack_standin import slack_standin  # noqa: F401 - fixture
 from tests.test_end_to_end import EXAMPLES, deliveries, offline_alerts, wait_until_settled, worker_env
 from streams.broker import free_port
-from tests.worker_harness import publish, scrape_metrics, settings_of
+from tests.worker_harness import metric_total as total, publish, scrape_metrics, settings_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -31,10 +31,6 @@ def get(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as answer:
         return answer.code, answer.read().decode()
-
-
-def total(found: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    return sum(value for have, value in found.get(name, []) if all(have.get(k) == v for k, v in labels.items()))
 
 
 def test_metrics_count_events_dead_letters_alerts_and_deliveries_as_the_store_and_the_input_say(

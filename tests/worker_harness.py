@@ -376,6 +376,11 @@ def scrape_metrics(port: int) -> Metrics:
     return samples
 
 
+def metric_total(found: Metrics, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(value for have, value in found.get(name, []) if all(have.get(k) == v for k, v in labels.items()))
+
+
 # --- a worker's delivery process ------------------------------------------------------
 
 
