@@ -27,6 +27,16 @@ it is, so every state round-trips exactly: equal facts, the same order of
 invoices, payments and seen ids. The risk part (alert book, detector memory,
 model state) is the JSON its owner gives (``RiskState.to_json``).
 
+``W`` (0x57)
+    a wake-up header in front of a record in any of the formats above: three
+    unsigned 4-byte big-endian numbers, the day (ordinal) the record was
+    written, the first day after it on which time alone can change the
+    customer's alerts (``RiskEngine.next_wake``; 0 for none) and a key of what
+    that day was computed with (``streams.runtime.wake_key``), then the record.
+    The worker writes it (``with_wake``) so that after a rebalance it can
+    rebuild its wake-up schedule from the table without decoding every record
+    (``wake_of``); ``decode`` skips it.
+
 A released format byte and dictionary never change meaning: a new layout or
 dictionary gets a new format byte, and every released one stays decodable
 (``tests/test_codec.py`` pins the dictionaries' digests and decodes records
@@ -36,6 +46,7 @@ written by each format).
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections import deque
 from datetime import date, datetime, timezone
@@ -58,6 +69,8 @@ from pipeline.ledger import (
 LEGACY_JSON = 0x7B  # "{"
 FORMAT_V1 = 0x01
 CURRENT = FORMAT_V1
+WAKE_HEADER = 0x57  # "W"
+_WAKE = struct.Struct(">BIII")
 
 #: format byte -> (layout, preset dictionary id)
 FORMATS: dict[int, tuple[int, int]] = {FORMAT_V1: (1, 1)}
@@ -390,8 +403,26 @@ def encode(state: CustomerState, risk: Any, fmt: int = CURRENT) -> bytes:
     return bytes((fmt,)) + _CODECS.compressor(fmt).compress(layout_json(state, risk))
 
 
+def with_wake(raw: bytes, written_on: int, wake_on: int, key: int) -> bytes:
+    """A record's bytes behind a wake-up header: the day (ordinal) it is written on, its next wake-up day or 0,
+    and the key of what that day was computed with (an unsigned 32-bit number)."""
+    if raw and raw[0] == WAKE_HEADER:
+        raw = raw[_WAKE.size:]
+    return _WAKE.pack(WAKE_HEADER, written_on, wake_on, key) + raw
+
+
+def wake_of(raw: bytes) -> tuple[int, int, int] | None:
+    """(written on, wake-up day or 0, key) from a record's wake-up header, days as ordinals; None without one."""
+    if len(raw) > _WAKE.size and raw[0] == WAKE_HEADER:
+        _, written_on, wake_on, key = _WAKE.unpack_from(raw)
+        return written_on, wake_on, key
+    return None
+
+
 def decode(raw: bytes) -> tuple[CustomerState, Any]:
     """The ledger state and the risk part's JSON from a record's bytes, in any format this version knows."""
+    if raw and raw[0] == WAKE_HEADER:
+        raw = raw[_WAKE.size:]
     if not raw:
         raise CodecError("empty customer record")
     head = raw[0]
@@ -409,4 +440,5 @@ def decode(raw: bytes) -> tuple[CustomerState, Any]:
     return _state(json.loads(text))
 
 
-__all__ = ["CURRENT", "CodecError", "FORMATS", "LEGACY_JSON", "decode", "encode", "layout_json"]
+__all__ = ["CURRENT", "CodecError", "FORMATS", "LEGACY_JSON", "WAKE_HEADER", "decode", "encode", "layout_json",
+           "wake_of", "with_wake"]

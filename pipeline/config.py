@@ -97,6 +97,10 @@ class Settings:
     store: str = "memory://"
     #: How many decoded customer records a worker keeps in memory in front of the Table (LRU).
     state_cache: int = 100_000
+    #: RocksDB store, per partition: memtable size (two of them at most) and block cache, in MiB; 0 keeps
+    #: faust's defaults (3 memtables of 64 MiB, a 2 GiB block cache).
+    rocksdb_write_buffer_mb: int = 8
+    rocksdb_block_cache_mb: int = 16
     #: The worker's log level (its own loggers; faust, mode and the Kafka clients stay at WARNING or above).
     log_level: str = "WARNING"
     #: Where the worker runs its outbox relay: ``process`` (a child process of its own, so delivery does not compete
@@ -238,6 +242,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         review_url=env.get("CREDITWATCH_REVIEW_URL", "http://127.0.0.1:8000/alerts/{alert_id}"),
         store=_store(env.get("CREDITWATCH_STORE", "memory://")),
         state_cache=_int(env, "CREDITWATCH_STATE_CACHE", 100_000, 1, 100_000_000),
+        rocksdb_write_buffer_mb=_int(env, "CREDITWATCH_ROCKSDB_WRITE_BUFFER_MB", 8, 0, 4096),
+        rocksdb_block_cache_mb=_int(env, "CREDITWATCH_ROCKSDB_BLOCK_CACHE_MB", 16, 0, 65536),
         log_level=_log_level(env.get("CREDITWATCH_LOG_LEVEL", "WARNING")),
         delivery=_delivery(env.get("CREDITWATCH_DELIVERY", "") or "process"),
         ledger=LedgerConfig(

@@ -43,13 +43,15 @@ from faust.stores import rocksdb as faust_rocksdb  # the module imports without 
 
 from pipeline.config import Settings
 from streams import transport
-from streams.processor import BatchProcessor, BatchResult, Record, StateCache, encode_state
+from streams.processor import BatchProcessor, BatchResult, Record, StateCache
 from streams.observability import WorkerMetrics
 from streams.runtime import WorkerRuntime
 
 log = logging.getLogger("creditwatch.worker")
 
 TABLE_NAME = "customers"
+#: Records between two yields to the event loop while the wake-up schedule is rebuilt.
+WAKE_REBUILD_STEP = 20_000
 
 
 def changelog_topic_name(settings: Settings) -> str:
@@ -117,6 +119,30 @@ class SourcePartitionRocksStore(faust_rocksdb.Store):
         found = self._get_bucket_for_key(key)
         return None if found is None else found.value
 
+    def owned_items(self, partitions: set[int]) -> Any:
+        """(key, value) of every record in the databases of these partitions, straight from RocksDB."""
+        for partition, db in list(self._dbs.items()):
+            if partition in partitions:
+                yield from self._visible_items(db)
+
+
+def owned_items(table: faust.Table, partitions: set[int], count: int) -> Any:
+    """(key, value) of the table's records whose key belongs to one of ``partitions`` (of ``count``)."""
+    store = table.data
+    if isinstance(store, SourcePartitionRocksStore):
+        return store.owned_items(partitions)
+    return ((key, value) for key, value in table.items() if key_partition(key, count) in partitions)
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """faust's RocksDB options for the customers Table (per partition database); {} keeps faust's defaults."""
+    options: dict[str, int] = {}
+    if settings.rocksdb_write_buffer_mb:
+        options.update(write_buffer_size=settings.rocksdb_write_buffer_mb << 20, max_write_buffer_number=2)
+    if settings.rocksdb_block_cache_mb:
+        options.update(block_cache_size=settings.rocksdb_block_cache_mb << 20)
+    return options
+
 
 def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float = 30.0,
               checkpoint_interval_s: float = 60.0, metrics: WorkerMetrics | None = None) -> faust.App:
@@ -156,6 +182,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             value_type=bytes,
             partitions=settings.partitions,
             help="Each customer's record: ledger facts, alert episodes, model state (pipeline.engine).",
+            options=rocksdb_options(settings) if settings.store.startswith("rocksdb") else None,
         )
     )
     cache = StateCache(lambda customer_id: table.get(customer_id.encode()), capacity=settings.state_cache)
@@ -184,13 +211,14 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     async def mark_wake_schedule_stale(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         wake_stale.set()
 
-    async def write(result_states: dict, partitions: dict[str, int], letters: list) -> None:
+    async def write(result_states: dict, partitions: dict[str, int], letters: list, today: Any) -> None:
+        """The records into the Table (after they were scheduled: each carries its wake-up day), dead letters."""
         for customer_id, record in result_states.items():
             key = customer_id.encode()
             partition = partitions.get(customer_id)
             if partition is not None:
                 table.source_partition[key] = partition
-            table[key] = encode_state(record)
+            table[key] = runtime.table_value(record, today)
         table.source_partition.clear()
         confirmations = table.unconfirmed
         table.unconfirmed = []
@@ -223,8 +251,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
             await runtime.persist(result.updates, result.states, now, result.applied)
-            await write(result.states, result.partitions, result.dead_letters)
             runtime.schedule(result.states.values(), now.date())
+            await write(result.states, result.partitions, result.dead_letters, now.date())
             log_alerts(result.updates)
             metrics.observe_batch(result, records, started, time.time(), [e.message.timestamp for e in events])
             for record in records:
@@ -244,14 +272,29 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         return {tp.partition for tp in app.consumer.assignment() if tp.topic in settings.input_topics}
 
     async def rebuild_wake_schedule() -> None:
+        """Every owned customer's next wake-up day, from the table (mostly from the records' wake-up headers).
+
+        Runs under the batch lock; lets the event loop run (heartbeats) every
+        ``WAKE_REBUILD_STEP`` records, nothing else can touch the table meanwhile.
+        """
+        started = time.perf_counter()
         owned = assigned_partitions()
         today = runtime.clock.now().date()
         runtime.wake.clear()
-        for key, value in list(table.items()):
-            if key_partition(key, settings.partitions) in owned:
-                record = cache.get(key.decode())
-                if record is not None:
-                    runtime.wake.set(record.customer_id, runtime.engine.next_wake(record, today))
+        due = {}
+        count = decoded = 0
+        for key, value in owned_items(table, owned, settings.partitions):
+            day, opened = runtime.wake_from_table(value, today)
+            if day is not None:
+                due[key.decode()] = day
+            count += 1
+            decoded += opened
+            if count % WAKE_REBUILD_STEP == 0:
+                await asyncio.sleep(0)
+        runtime.wake.replace(due)
+        seconds = time.perf_counter() - started
+        metrics.observe_wake_rebuild(count, decoded, seconds, len(runtime.wake))
+        log.info("wake schedule rebuilt: %s customers (%s decoded) in %.1f s", f"{count:,}", f"{decoded:,}", seconds)
 
     @app.timer(tick_interval_s)
     async def move_the_clock() -> None:
@@ -268,7 +311,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 metrics.ticks.inc(len(touched))
                 if touched:
                     await runtime.persist(updates, touched, now)
-                    await write(touched, {}, [])
+                    await write(touched, {}, [], now.date())
                     log_alerts(updates)
                     metrics.observe_alerts(updates)
         except Exception:  # noqa: BLE001 - same crash-only rule as batches

@@ -56,8 +56,26 @@ class WorkerMetrics:
                                       "Clock ticks put off because a rebalance was restoring the table", registry=r)
         self.restores = Counter("creditwatch_table_restores_total",
                                 "Table recoveries completed (at start and after each rebalance)", registry=r)
+        self.wake_rebuilds = Counter("creditwatch_wake_rebuilds_total",
+                                     "Wake-up schedule rebuilds from the table (after each rebalance)", registry=r)
+        self.wake_rebuild_seconds = Counter("creditwatch_wake_rebuild_seconds_total",
+                                            "Time spent rebuilding the wake-up schedule", registry=r)
+        self.wake_rebuild_records = Counter("creditwatch_wake_rebuild_records_total",
+                                            "Records read by wake-up schedule rebuilds", registry=r)
+        self.wake_rebuild_decoded = Counter("creditwatch_wake_rebuild_decoded_total",
+                                            "Records a wake-up schedule rebuild had to decode (no usable header)",
+                                            registry=r)
+        self.wake_scheduled = Gauge("creditwatch_wake_scheduled",
+                                    "Customers with a wake-up day in the schedule after the last rebuild", registry=r)
         self.ready = False
         self.started = time.time()
+
+    def observe_wake_rebuild(self, records: int, decoded: int, seconds: float, scheduled: int) -> None:
+        self.wake_rebuilds.inc()
+        self.wake_rebuild_records.inc(records)
+        self.wake_rebuild_decoded.inc(decoded)
+        self.wake_rebuild_seconds.inc(seconds)
+        self.wake_scheduled.set(scheduled)
 
     def observe_deliveries(self, stats: Any) -> None:
         """One outbox run's counts (``sinks.outbox.RunStats``)."""

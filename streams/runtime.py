@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Iterable, Mapping
@@ -31,7 +32,8 @@ from detectors.config import Thresholds
 from pipeline.alerts import AlertUpdate
 from pipeline.clock import Clock, SystemClock
 from pipeline.config import Settings
-from pipeline.engine import CustomerRecord, RiskEngine
+from pipeline import codec
+from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
 from pipeline.ledger import position
 
 log = logging.getLogger("creditwatch.worker")
@@ -58,6 +60,23 @@ def notify_sinks(settings: Settings) -> dict[str, Any]:
     return sinks
 
 
+def wake_key(engine: RiskEngine) -> int:
+    """A key of everything ``RiskEngine.next_wake`` reads besides the record and the day.
+
+    The aging steps, the ledger settings (open invoices, promise grace) and the
+    models' wake-up rules. A wake-up day written with a record is used again
+    only under the same key.
+    """
+    import pipeline.engine as engine_module
+    import pipeline.models as models_module
+
+    models = engine.models
+    rules = (engine_module._AGING_STEPS, engine._aging_first, engine.ledger_config, type(models).__qualname__,
+             getattr(models, "late_days", None), getattr(models_module, "OVERDUE_FULL_DAYS", None),
+             getattr(models_module, "DRIFT_ACTIVE_DAYS", None))
+    return zlib.crc32(repr(rules).encode())
+
+
 @dataclass
 class WakeSchedule:
     """When each customer next needs a clock tick; a heap, not a scan of all customers."""
@@ -81,6 +100,12 @@ class WakeSchedule:
                 ready.append(customer_id)
         return ready
 
+    def replace(self, due: dict[str, date]) -> None:
+        """The schedule becomes exactly ``due`` (customer -> day): one heapify, not a push per customer."""
+        self.due = due
+        self.heap = [(day, customer_id) for customer_id, day in due.items()]
+        heapq.heapify(self.heap)
+
     def clear(self) -> None:
         self.heap.clear()
         self.due.clear()
@@ -98,6 +123,8 @@ class WorkerRuntime:
         self.clock = clock or SystemClock()
         self.models = models if models is not None else build_models(thresholds, settings)
         self.engine = RiskEngine(thresholds, settings.ledger, self.models, threshold_version)
+        self.wake_key = wake_key(self.engine)
+        self._days: dict[int, date] = {}
         self.store = store
         self.sinks = dict(sinks)
         self.wake = WakeSchedule()
@@ -113,6 +140,7 @@ class WorkerRuntime:
     def reconfigure(self, thresholds: Thresholds, version: int | None) -> None:
         """Swap in new thresholds; customers' episodes and the models carry on."""
         self.engine = RiskEngine(thresholds, self.settings.ledger, self.models, version)
+        self.wake_key = wake_key(self.engine)
         self.threshold_version = version
 
     # --- persisting --------------------------------------------------------------
@@ -193,6 +221,38 @@ class WorkerRuntime:
                 return total
 
     # --- clock ticks -----------------------------------------------------------------
+
+    def table_value(self, record: CustomerRecord, today: date) -> bytes:
+        """The record's bytes for the Table: behind a header with its wake-up day as just scheduled.
+
+        Call after ``schedule`` (or ``tick``) of this record on ``today``.
+        """
+        wake = self.wake.due.get(record.customer_id)
+        return codec.with_wake(encode_record(record), today.toordinal(), wake.toordinal() if wake else 0,
+                               self.wake_key)
+
+    def wake_from_table(self, raw: bytes, today: date) -> tuple[date | None, bool]:
+        """A customer's next wake-up day after ``today`` from its Table value; and whether it was decoded.
+
+        ``next_wake`` of a record is the earliest after the given day of days
+        the record alone fixes (aging steps, promise deadlines, the models'
+        days), so the day written with it on day w is still the answer on any
+        later day before it. The record is decoded only when that day has
+        passed, the record was written on a later day (a clock set back), the
+        rules changed (``wake_key``) or it has no header.
+        """
+        header = codec.wake_of(raw)
+        if header is not None:
+            written_on, wake_on, key = header
+            t = today.toordinal()
+            if key == self.wake_key and written_on <= t and (not wake_on or wake_on > t):
+                if not wake_on:
+                    return None, False
+                day = self._days.get(wake_on)
+                if day is None:  # one date object per day, not one per customer
+                    day = self._days[wake_on] = date.fromordinal(wake_on)
+                return day, False
+        return self.engine.next_wake(decode_record(raw), today), True
 
     def schedule(self, records: Iterable[CustomerRecord], today: date) -> None:
         for record in records:
