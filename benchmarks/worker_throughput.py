@@ -228,21 +228,23 @@ def wait_committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int],
 
 
 def run_worker(broker: Any, folder: Path, prefix: str, total: int, tag: str = "worker", count: int = 1,
-               timeout: float = 3_600, profile_seconds: float = 0, sample: Any = None, **extra: Any) -> dict[str, Any]:
+               timeout: float = 3_600, profile_seconds: float = 0, sample: Any = None, ready_timeout: float = 300,
+               group: str | None = None, **extra: Any) -> dict[str, Any]:
     """``count`` ``creditwatch worker``s in one group over the published backlog; times, CPU, RSS.
 
     Timed from the first worker's ready line until every source offset is committed. With
     ``profile_seconds`` the (one) worker runs under py-spy that long instead. ``sample(seconds, workers)``
-    is called about once a second while the backlog is consumed.
+    is called about once a second while the backlog is consumed. Clock ticks are off unless ``extra`` sets
+    ``CREDITWATCH_TICK_INTERVAL_MS``.
     """
     from tests.worker_harness import settings_of
 
-    group = f"{prefix}{tag}-{uuid.uuid4().hex[:6]}"
+    group = group or f"{prefix}{tag}-{uuid.uuid4().hex[:6]}"
     ports = [free_port() for _ in range(count)]
     envs = []
     for n, port in enumerate(ports):
         env = bench_env(broker, folder, prefix, tag, CREDITWATCH_HEALTH_PORT=port,
-                        CREDITWATCH_TICK_INTERVAL_MS=NO_TICKS_MS, **extra)
+                        **{"CREDITWATCH_TICK_INTERVAL_MS": NO_TICKS_MS, **extra})
         env["CREDITWATCH_CONSUMER_GROUP"] = group
         if count > 1 and "CREDITWATCH_DATABASE_URL" not in extra:  # one store for the group
             env["CREDITWATCH_DATABASE_URL"] = f"sqlite:///{folder / group}.db"
@@ -255,7 +257,7 @@ def run_worker(broker: Any, folder: Path, prefix: str, total: int, tag: str = "w
         for n, env in enumerate(envs):
             # One migration, then the workers start together.
             workers.append(start_worker(env, folder, f"{tag}{n + 1}" if count > 1 else tag, migrate=n == 0))
-        startups = [worker.wait_ready(timeout=300) for worker in workers]
+        startups = [worker.wait_ready(timeout=ready_timeout) for worker in workers]
         began = min(worker.started_at + startup for worker, startup in zip(workers, startups))
         cpu0 = {worker.pid: cpu_seconds(worker.pid) for worker in workers}
         profiler = None
