@@ -51,7 +51,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, getcontext
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator
 
@@ -676,7 +676,7 @@ class _Book:
         "config", "alloc", "views", "open", "pass2", "pass2_max", "on_account_max", "named_last", "named_by",
         "sources", "counting", "issued", "adjusted", "credited", "written_off", "paid_amount", "paid_weighted",
         "by_issue", "by_settle", "min_close", "orphans", "held_reversals", "reversed_received",
-        "oldest_due", "dbt", "dbt_recent",
+        "oldest_due", "dbt", "dbt_recent", "settle_due", "settle_late",
     )
 
     def fill(self, state: CustomerState, alloc: Allocation, views: dict[str, InvoiceView], pass2: set[str],
@@ -715,6 +715,7 @@ class _Book:
         by_issue.sort()
         by_settle.sort()
         self.by_issue, self.by_settle = by_issue, by_settle
+        self.settle_due, self.settle_late = [ZERO], [ZERO]
         self.min_close = min(alloc.close_dates.values(), default=None)
         self.orphans = {iid for iid, inv in state.invoices.items() if inv.issue is None}
         self.held_reversals = set()
@@ -742,7 +743,11 @@ class _Book:
             weighted = view.due_base * max((on - view.due_on).days, 0)
             self.paid_amount += view.due_base
             self.paid_weighted += weighted
-            insort(self.by_settle, (on, view.invoice_id, view.due_base, weighted))
+            item = (on, view.invoice_id, view.due_base, weighted)
+            by_settle = self.by_settle
+            index = bisect_right(by_settle, item)
+            by_settle.insert(index, item)
+            del self.settle_due[index + 1:], self.settle_late[index + 1:]
             self.dbt = self.dbt_recent = _UNKNOWN
 
     def oldest_open_due(self) -> date | None:
@@ -762,9 +767,33 @@ class _Book:
             dbt = self.dbt = (paid_weighted / paid_amount).quantize(TENTH) if paid_amount else None
         recent = self.dbt_recent
         if recent is _UNKNOWN or recent[0] != as_of:  # type: ignore[index]
-            amount, weighted = self.recent_sums(as_of - timedelta(days=window_days), as_of)
+            sums = self._window_sums(as_of - timedelta(days=window_days), as_of)
+            amount, weighted = sums if sums is not None else self.recent_sums(as_of - timedelta(days=window_days), as_of)
             recent = self.dbt_recent = (as_of, (weighted / amount).quantize(TENTH) if amount else None)
         return dbt, recent[1]  # type: ignore[return-value,index]
+
+    def _window_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal] | None:
+        """``recent_sums`` by prefix sums: O(log n) instead of O(window); None when that would not be exact.
+
+        The difference of two exact prefix sums has the window sum's value (not always its exponent:
+        only for callers that use the value). Every addition is checked for exactness, so a window whose
+        sum the plain loop would have rounded falls back to that loop.
+        """
+        if getcontext().prec != _EXACT.prec:
+            return None
+        by_settle, due, late = self.by_settle, self.settle_due, self.settle_late
+        low = bisect_right(by_settle, window_start, key=_DAY)
+        high = bisect_right(by_settle, as_of, key=_DAY)
+        try:
+            if len(due) <= high:
+                add = _EXACT.add
+                for index in range(len(due) - 1, high):
+                    _, _, amount, weighted = by_settle[index]
+                    due.append(add(due[index], amount))
+                    late.append(add(late[index], weighted))
+            return _EXACT.subtract(due[high], due[low]), _EXACT.subtract(late[high], late[low])
+        except Inexact:
+            return None
 
     def recent_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal]:
         """Σ net due and Σ net due × days late of the invoices settled by cash in (window_start, as_of]."""
@@ -775,6 +804,8 @@ class _Book:
 
 
 _TEN_THOUSANDTH = Decimal("0.0001")
+#: Decimal arithmetic that raises rather than round (the default precision).
+_EXACT = Context(prec=getcontext().prec, traps=[Inexact])
 _DUE = itemgetter(2)
 _LATE = itemgetter(3)
 
@@ -1712,6 +1743,7 @@ def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], 
     alloc.invoices[:] = [view for view in alloc.invoices if view.invoice_id not in invoices]
     book.by_issue[:] = [item for item in book.by_issue if item[1] not in invoices]
     book.by_settle[:] = [item for item in book.by_settle if item[1] not in invoices]
+    book.settle_due, book.settle_late = [ZERO], [ZERO]
     book.counting[:] = [item for item in book.counting if item[1] not in payments]
     book.min_close = min(alloc.close_dates.values(), default=None)
     book.oldest_due = book.dbt = book.dbt_recent = _UNKNOWN

@@ -134,6 +134,59 @@ def test_compaction_on_a_long_simulated_history(monkeypatch):
     assert retired > 100
 
 
+def _dbt(state, day, config):
+    reference = position_reference(state, day, config)
+    return reference.days_beyond_terms, reference.days_beyond_terms_recent
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_days_beyond_terms_kept_by_the_book_agree_with_the_reference_as_days_pass(seed, monkeypatch):
+    """The book answers the recent days beyond terms from prefix sums of its settlements; with
+    retirements (a short retention), settlements out of order and days moving on, every answer equals
+    the reference position's."""
+    monkeypatch.setattr(ledger, "COMPACT_ABOVE", 4)
+    events = random_portfolio(seed, n_events=220)
+    if seed % 2:
+        random.Random(seed).shuffle(events)
+    state = new_state("C1")
+    config = SHORT if seed % 3 else CONFIG
+    checked = 0
+    for event in events:
+        try:
+            apply(state, event, config)
+        except ledger.LedgerRejected:
+            continue
+        day = event.occurred_at.date()
+        for probe in (day, day + timedelta(days=20), day + timedelta(days=95)):
+            kept = ledger.figures(state, probe, config).days_beyond_terms()
+            assert kept == _dbt(state, probe, config)
+            checked += kept[1] is not None
+    assert checked > 0
+
+
+def test_days_beyond_terms_fall_back_to_the_plain_sum_when_prefix_sums_would_round():
+    """Amounts whose running sum needs more digits than Decimal's precision: the prefix sums would
+    round, so the book sums the window itself and still answers exactly what the position says."""
+    from pipeline.builders import invoice, payment, register as registered
+
+    rate = Decimal("1.23456789012345678901234567")  # amounts in EUR get 28 significant digits: sums need more
+    config = LedgerConfig(fx_rates={"EUR": Decimal(1), "CHF": rate})
+    events = [registered(limit=10 ** 9, day="2025-12-01")]
+    for n in range(6):
+        on = (date(2026, 1, 1) + timedelta(days=10 * n)).isoformat()
+        events.append(invoice(f"I{n}", 7.77, issued_on=on, terms=0, currency="CHF"))
+        events.append(payment(f"P{n}", 7.77, received_on=(date.fromisoformat(on) + timedelta(days=n)).isoformat(),
+                              invoice_id=f"I{n}", currency="CHF"))
+    state = new_state("C1")
+    for event in events:
+        apply(state, event, config)
+    book = ledger._book(state, config)
+    assert book is not None and len(book.by_settle) == 6
+    day = date(2026, 3, 15)
+    assert book._window_sums(day - timedelta(days=config.dso_window_days), day) is None  # would round
+    assert ledger.figures(state, day, config).days_beyond_terms() == _dbt(state, day, config)
+
+
 def _backtest(lines, monkeypatch, incremental, with_models=True):
     from detectors.config import Thresholds
     from pipeline.backtest import build_engine, run_backtest
