@@ -1057,6 +1057,7 @@ def position_reference(state: CustomerState, as_of: date, config: LedgerConfig =
 
 
 _DAY = itemgetter(0)
+_DAY_ID = itemgetter(0, 1)
 
 
 def _position(state: CustomerState, as_of: date, config: LedgerConfig, book: _Book | None,
@@ -1692,6 +1693,12 @@ def _retirees_near(state: CustomerState, book: _Book, candidates: set[str], cuto
     return retire_payments, blocked_invoices
 
 
+def _drop_before(items: list[Any], end: int, keep: Callable[[Any], bool]) -> None:
+    """Remove from ``items[:end]`` what ``keep`` refuses, in place (the rest is left as it is)."""
+    if end:
+        items[:end] = [item for item in items[:end] if keep(item)]
+
+
 def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], config: LedgerConfig) -> bool:
     """Take a retired group out of the book; False unless the rest settles exactly as before.
 
@@ -1717,8 +1724,13 @@ def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], 
                 return False
     views = book.views
     recompute_max = False
+    retired_keys, retired_issues, retired_settles = [], [], []
     for invoice_id in invoices:
         view = views.pop(invoice_id)
+        retired_keys.append(_vkey(view))
+        retired_issues.append((view.issued_on, invoice_id))
+        if view.settled_on is not None:
+            retired_settles.append((view.settled_on, invoice_id))
         book.open.pop(invoice_id, None)
         del alloc.close_dates[invoice_id]
         book.named_last.pop(invoice_id, None)
@@ -1740,11 +1752,19 @@ def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], 
         book.reversed_received.discard(payment_id)
         if payment.counts:
             alloc.applied_base -= to_base(payment.receipt[2], payment.receipt[3], config)  # type: ignore[index]
-    alloc.invoices[:] = [view for view in alloc.invoices if view.invoice_id not in invoices]
-    book.by_issue[:] = [item for item in book.by_issue if item[1] not in invoices]
-    book.by_settle[:] = [item for item in book.by_settle if item[1] not in invoices]
+    # Each list is sorted and what retires is usually old: only the part up to the last retired item's
+    # place in that order is filtered (the bounds are the retired items' own keys).
+    _drop_before(alloc.invoices, bisect_right(alloc.invoices, max(retired_keys), key=_vkey),
+                 lambda view: view.invoice_id not in invoices)
+    _drop_before(book.by_issue, bisect_right(book.by_issue, max(retired_issues)), lambda item: item[1] not in invoices)
+    if retired_settles:
+        _drop_before(book.by_settle, bisect_right(book.by_settle, max(retired_settles), key=_DAY_ID),
+                     lambda item: item[1] not in invoices)
     book.settle_due, book.settle_late = [ZERO], [ZERO]
-    book.counting[:] = [item for item in book.counting if item[1] not in payments]
+    if payments:
+        last_received = max(payment.receipt[4] for payment in payments.values())  # type: ignore[index]
+        _drop_before(book.counting, bisect_right(book.counting, last_received, key=_DAY),
+                     lambda item: item[1] not in payments)
     book.min_close = min(alloc.close_dates.values(), default=None)
     book.oldest_due = book.dbt = book.dbt_recent = _UNKNOWN
     if recompute_max:
