@@ -44,12 +44,16 @@ it, so every section says what it measured on.
 """
 
 
+#: Modules of ``benchmarks/`` that are tools, not benchmarks (no section of their own).
+TOOLS = {"run", "engine_digest"}
+
+
 def names() -> list[str]:
     """The benchmark modules, in name order."""
     package = Path(__file__).resolve().parent
     return sorted(
         info.name for info in pkgutil.iter_modules([str(package)])
-        if info.name != "run" and not info.name.startswith("_")
+        if info.name not in TOOLS and not info.name.startswith("_")
     )
 
 
