@@ -1,6 +1,6 @@
 """Run the benchmarks and (re)write their sections of BENCHMARKS.md (``make bench``).
 
-Every module in ``benchmarks/`` is a benchmark, except this one and names
+Every module in ``benchmarks/`` is a benchmark, except this one, the tools in ``TOOLS`` and names
 starting with ``_``. A module exposes either
 
 * ``run(quick: bool = False) -> str`` returning its section as markdown, or
