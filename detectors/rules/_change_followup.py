@@ -74,16 +74,29 @@ class ChangeFollowUp(Detector):
     change_type: ClassVar[str]
     #: "Bank details changed" / "Ownership changed"
     what: ClassVar[str]
+    #: The ledger profile's list of these changes, each ``(stamp, event id, ...)``.
+    profile_list: ClassVar[str]
 
     def changes(self, ctx: DetectionContext) -> list[Change]:
         raise NotImplementedError
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
         opts = self.options
-        changes = self.changes(ctx)
-        if not changes:
+        recorded = getattr(ctx.ledger.profile, self.profile_list)
+        if not recorded:
             return [], {}  # no change on record: no anchor, as below
         window = timedelta(days=opts.window_days)
+        event = ctx.event
+        if event is None or event.type != self.change_type:
+            # Without a change in its window (the common case) there is no anchor: say so from the stamps alone.
+            today = ctx.today
+            opened = today - window
+            for change in recorded:
+                if opened <= stamp_day(change[0]) <= today:
+                    break
+            else:
+                return [], {}
+        changes = self.changes(ctx)
         # The earliest change whose window is still open; a change arriving long after the fact stands alone.
         live = [c for c in changes if c.day <= ctx.today <= c.day + window]
         anchor = live[0] if live else None
@@ -95,7 +108,6 @@ class ChangeFollowUp(Detector):
             memory = {"since": anchor.event_id, "anomalous": {}}
         else:
             memory = {"since": anchor.event_id, "anomalous": dict(memory.get("anomalous", {}))}
-        event = ctx.event
         score = ctx.models.invoice_anomaly
         if (event is not None and event.type == "invoice.issued" and score is not None
                 and score >= opts.anomaly_threshold and anchor.day <= event.issued_on <= anchor.day + window):  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ class BankDetailsChange(ChangeFollowUp):
     name = "bank_details_change"
     change_type = "customer.bank_details_changed"
     what = "Bank details changed"
+    profile_list = "bank_changes"
     triggers = FOLLOW_UPS | {"customer.bank_details_changed"}
     Options = BankDetailsChangeOptions
     options: BankDetailsChangeOptions

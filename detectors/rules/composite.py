@@ -69,7 +69,14 @@ class Composite(Detector):
         opts = self.options
         if len(ctx.recent_findings) < opts.min_detectors:
             return [], memory  # fewer findings than the distinct detectors it takes
-        start = ctx.today - timedelta(days=opts.window_days - 1)
+        today = ctx.today
+        start = today - timedelta(days=opts.window_days - 1)
+        # First only whether enough different detectors count (the common answer is no), then when each was seen.
+        seen = {detector for day, detector in ctx.recent_findings if start <= day <= today}
+        seen.discard(self.name)
+        seen.difference_update(opts.ignore)
+        if len(seen) < opts.min_detectors:
+            return [], memory
         last_seen: dict[str, Any] = {}
         for day, detector in ctx.recent_findings:
             if detector == self.name or detector in opts.ignore or not start <= day <= ctx.today:

@@ -23,7 +23,12 @@ _INSOLVENCY = ("insolvency_filing", "liquidation")
 _JUDGE = RatingDowngrade()
 
 
-@lru_cache(maxsize=4096)
+#: Entries of the two caches below: more than the customers with ratings of a large portfolio (a cache
+#: smaller than that, visited customer after customer, forgets each entry before it is asked again).
+_CACHED = 1 << 16
+
+
+@lru_cache(maxsize=_CACHED)
 def _downgrades(ratings: tuple) -> list[tuple[date, Reason]]:
     """(day, reason) of each agency's latest rating that is a downgrade of warning level or worse, in the
     ratings' order: the first one within the lookback is the review's rating signal. Remembered, as a pure
@@ -45,7 +50,7 @@ def _downgrades(ratings: tuple) -> list[tuple[date, Reason]]:
     return found
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=_CACHED)
 def _assess(previous: Any, current: Any) -> tuple[str | None, list[Reason]]:
     """``RatingDowngrade().assess``, remembered: a pure function of two ratings (treat the reasons as read-only)."""
     return _JUDGE.assess(previous, current)
@@ -126,7 +131,8 @@ class CreditLimitReview(Detector):
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
         pos = figures(ctx)  # limits, exposure, overdue and days beyond terms; the whole position only to raise
         limit = pos.credit_limit
-        if limit is None:
+        if not limit:
+            # No limit, or 0 (cash in advance): no cut goes below 0 and there is nothing to raise.
             return [], memory
         opts = self.options
         currency = pos.currency
@@ -160,7 +166,7 @@ class CreditLimitReview(Detector):
                                       f"{', capped' if caps else ''}, rounded down to {opts.rounding:,.0f}"))
             title = f"Consider cutting the credit limit to {money(recommended, currency)} (now {money(limit, currency)})"
             return [self.finding(capped("warning", opts.max_severity), title, reasons, ctx)], memory
-        reasons = self._reliable_near_limit(ctx)
+        reasons = self._reliable_near_limit(ctx, pos)
         if reasons is None:
             return [], memory
         recommended = round_to(limit * (1 + dec(opts.raise_step)), opts.rounding, "nearest")
@@ -215,6 +221,11 @@ class CreditLimitReview(Detector):
         if not ratings:
             return None
         horizon = ctx.today - timedelta(days=self.options.rating_lookback_days)
+        for rating in ratings:
+            if stamp_day(rating[0]) >= horizon:
+                break
+        else:
+            return None  # every rating is older than the lookback: so is every downgrade
         for day, reason in _downgrades(tuple(ratings)):
             if day >= horizon:
                 return reason
@@ -234,9 +245,10 @@ class CreditLimitReview(Detector):
 
     # --- raise --------------------------------------------------------------------
 
-    def _reliable_near_limit(self, ctx: DetectionContext) -> list[Reason] | None:
+    def _reliable_near_limit(self, ctx: DetectionContext, quick: Figures | None = None) -> list[Reason] | None:
         opts = self.options
-        quick = figures(ctx)
+        if quick is None:
+            quick = figures(ctx)
         limit = quick.credit_limit
         if not limit or quick.utilisation is None or float(quick.utilisation) < opts.raise_utilisation:
             return None

@@ -36,6 +36,7 @@ class OwnershipChange(ChangeFollowUp):
     name = "ownership_change"
     change_type = "customer.ownership_changed"
     what = "Ownership changed"
+    profile_list = "ownership_changes"
     triggers = FOLLOW_UPS | {"customer.ownership_changed"}
     Options = OwnershipChangeOptions
     options: OwnershipChangeOptions
