@@ -93,6 +93,7 @@ import pickle
 from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -180,6 +181,19 @@ def _clip(value: float, low: float, high: float) -> float:
 
 def _r(value: float, digits: int = 4) -> float:
     return round(value, digits)
+
+
+_BASE_FLOATS: dict[Decimal, float] = {}
+
+
+def _base_float(amount: Decimal) -> float:
+    """``round(float(amount), 2)``, remembered: the same outstanding amounts come back at every allocation."""
+    value = _BASE_FLOATS.get(amount)
+    if value is None:
+        if len(_BASE_FLOATS) >= 100_000:
+            _BASE_FLOATS.clear()
+        value = _BASE_FLOATS[amount] = round(float(amount), 2)
+    return value
 
 
 # --- evaluation helpers ----------------------------------------------------------
@@ -506,6 +520,7 @@ class OnlineModels:
         oldest = 0
         disputes = 0
         t = today.toordinal()
+        invoices = ledger.invoices
         for invoice_id, entry in m["o"].items():
             if invoice_id == exclude:
                 continue
@@ -515,15 +530,17 @@ class OnlineModels:
             if past_due > 0:
                 overdue_total += outstanding
                 overdue_count += 1
-                oldest = max(oldest, past_due)
-            invoice = ledger.invoices.get(invoice_id)
+                if past_due > oldest:
+                    oldest = past_due
+            invoice = invoices.get(invoice_id)
             if invoice is not None and invoice.disputes:
                 dispute = invoice.open_dispute()
                 if dispute is not None and (as_of is None or dispute[0] <= as_of):
                     disputes += 1
-        limit = ledger.profile.credit_limit
+        profile = ledger.profile
+        limit = profile.credit_limit
         utilisation = _clip((open_total + amount_base) / float(limit), 0.0, 3.0) if limit else 0.0
-        rating = ledger.profile.ratings[-1] if ledger.profile.ratings else None
+        rating = profile.ratings[-1] if profile.ratings else None
         pd = float(rating[4]) if rating and rating[4] is not None else 0.0
         values = (
             _clip(_logit(late_rate), -4.0, 4.0),
@@ -536,12 +553,13 @@ class OnlineModels:
             terms_days / 30 - 1,
             utilisation,
             overdue_total / open_total if open_total > 0 else 0.0,
-            math.log1p(overdue_count),
-            _clip(oldest / 30, 0.0, 6.0),
+            math.log1p(overdue_count) if overdue_count else 0.0,
+            _clip(oldest / 30, 0.0, 6.0) if oldest else 0.0,
             _clip(pd * 10, 0.0, 5.0),
-            math.log1p(disputes),
+            math.log1p(disputes) if disputes else 0.0,
         )
-        return [round(v, 4) for v in values]
+        # round(v, 4) of a zero is that zero itself (sign included): only the others are rounded
+        return [round(v, 4) if v else v for v in values]
 
     def predict(self, features: Sequence[float]) -> float:
         """P(late) for one feature vector (in :data:`FEATURES` order)."""
@@ -624,7 +642,7 @@ class OnlineModels:
         """Bring the open invoices up to date with the allocation; label what closed."""
         open_entries: dict[str, list[Any]] = m["o"]
         drift = None
-        seen: set[str] = set()
+        kept = 0  # open invoices with an entry after this loop
         # The allocation's invoices in its order; closed ones without an entry change nothing, so only the
         # open ones and those with an entry are looked at (all of them in exact mode).
         views = alloc.invoices if self.exact else views_in_order(record.ledger, self.ledger_config, open_entries)
@@ -632,26 +650,29 @@ class OnlineModels:
             invoice_id = view.invoice_id
             if invoice_id == skip:
                 continue
-            entry = open_entries.get(invoice_id)
-            if view.outstanding_base > 0:
-                full = int(view.outstanding_base == view.due_base)
+            outstanding = view.outstanding_base
+            if outstanding > 0:
+                full = int(outstanding == view.due_base)
+                entry = open_entries.get(invoice_id)
                 if entry is None:
                     open_entries[invoice_id] = [view.issued_on.toordinal(), view.due_on.toordinal(), None, 2,
-                                                round(float(view.outstanding_base), 2), full, None]
+                                                _base_float(outstanding), full, None]
                 else:
-                    entry[4], entry[5] = round(float(view.outstanding_base), 2), full
-                seen.add(invoice_id)
+                    entry[4], entry[5] = _base_float(outstanding), full
+                kept += 1
                 continue
+            entry = open_entries.get(invoice_id)
             if entry is None:
                 continue
-            seen.add(invoice_id)
             del open_entries[invoice_id]
             if view.settled_on is not None:
                 drift = self._closed(m, entry, view.settled_on, view.due_on.toordinal()) or drift
             elif entry[3] == 0 and record.ledger.invoices[invoice_id].write_offs:
                 self._label(m, entry, 1, "written_off")
-        for invoice_id in [iid for iid in open_entries if iid not in seen and iid != skip]:
-            del open_entries[invoice_id]  # no longer in the ledger (retired, or its issue replaced)
+        if kept != len(open_entries) - (skip in open_entries):
+            listed = {view.invoice_id for view in views}
+            for invoice_id in [iid for iid in open_entries if iid not in listed and iid != skip]:
+                del open_entries[invoice_id]  # no longer in the ledger (retired, or its issue replaced)
         if self.exact:
             m["c"] = int(not pooled_cash(record.ledger, alloc))
         else:
@@ -706,16 +727,16 @@ class OnlineModels:
                 alloc: Allocation | None, moved: bool = False) -> None:
         """Label what crossed ``late_days`` unpaid; then the risk score and each open invoice's P(late)."""
         t = today.toordinal()
-        late_limit = t - self.late_days
+        late_days = self.late_days
         weighted = total = overdue = unwatched = 0.0
         late_probability = signals.late_probability
-        full_days = OVERDUE_FULL_DAYS
         for invoice_id, entry in m["o"].items():
-            due = entry[1]
+            past_due = t - entry[1]
             state = entry[3]
             outstanding = entry[4]
+            total += outstanding
             if state == 0:
-                if due < late_limit:
+                if past_due > late_days:
                     self._label(m, entry, 1, "overdue")  # more than late_days past due, unpaid: late, now
                     p = 1.0
                 else:
@@ -723,36 +744,44 @@ class OnlineModels:
             elif state == 1:
                 p = 1.0
             else:  # 2: issued before the models watched it, no p of its own
-                total += outstanding
                 unwatched += outstanding
-                past_due = t - due
                 if past_due > 0:
-                    overdue += outstanding * (1.0 if past_due >= full_days else past_due / full_days)
+                    overdue += outstanding if past_due >= OVERDUE_FULL_DAYS else outstanding * (past_due / OVERDUE_FULL_DAYS)
                 continue
-            total += outstanding
             late_probability[invoice_id] = p
             weighted += outstanding * p
-            past_due = t - due
             if past_due > 0:
-                overdue += outstanding * (1.0 if past_due >= full_days else past_due / full_days)
+                overdue += outstanding if past_due >= OVERDUE_FULL_DAYS else outstanding * (past_due / OVERDUE_FULL_DAYS)
         h = m["h"]
-        customer_rate = (h[1] + HISTORY_PRIOR * self.portfolio_late_rate()) / (h[0] + HISTORY_PRIOR)
-        weighted += unwatched * customer_rate
-        base = weighted / total if total > 0 else customer_rate
-        safe = (1 - RISK_WEIGHT_LATE * base) * (1 - RISK_WEIGHT_OVERDUE * (overdue / total if total > 0 else 0.0))
-        profile = record.ledger.profile
-        if profile.ratings and profile.ratings[-1][4] is not None:
-            safe *= 1 - float(profile.ratings[-1][4])
-        if m.get("dd") and t - m["dd"][0] <= DRIFT_ACTIVE_DAYS:
+        # the customer's smoothed late rate (portfolio_late_rate inlined)
+        customer_rate = (h[1] + HISTORY_PRIOR * ((self.n_late + PORTFOLIO_PRIOR * self.prior_late_rate)
+                                                 / (self.n_labels + PORTFOLIO_PRIOR))) / (h[0] + HISTORY_PRIOR)
+        if total > 0:
+            weighted += unwatched * customer_rate
+            safe = (1 - RISK_WEIGHT_LATE * (weighted / total)) * (1 - RISK_WEIGHT_OVERDUE * (overdue / total))
+        else:
+            safe = 1 - RISK_WEIGHT_LATE * customer_rate  # (× (1 - overdue weight × 0) = × 1.0, exact)
+        ledger = record.ledger
+        profile = ledger.profile
+        ratings = profile.ratings
+        if ratings and ratings[-1][4] is not None:
+            safe *= 1 - float(ratings[-1][4])
+        dd = m.get("dd")
+        if dd and t - dd[0] <= DRIFT_ACTIVE_DAYS:
             safe *= 1 - RISK_WEIGHT_DRIFT
-        broken = self._broken_promises(record, m, today, alloc, moved)
-        if broken:
-            safe *= (1 - RISK_WEIGHT_BROKEN_PROMISE) ** min(broken, 5)
+        if ledger.promises:
+            broken = self._broken_promises(record, m, today, alloc, moved)
+            if broken:
+                safe *= (1 - RISK_WEIGHT_BROKEN_PROMISE) ** min(broken, 5)
+        elif "bp" in m:
+            del m["bp"]
         for ts, _, kind, _ in profile.legal_events:
             if (t - date.fromisoformat(ts[:10]).toordinal()) <= LEGAL_ACTIVE_DAYS:
                 safe *= 1 - LEGAL_WEIGHT.get(kind, 0.05)
-        risk = round(_clip(1 - safe, 0.0, 1.0), 4)
-        previous = m["r"][0] if m.get("r") else None
+        risk = 1 - safe
+        risk = round(0.0 if risk < 0.0 else 1.0 if risk > 1.0 else risk, 4)
+        r = m.get("r")
+        previous = r[0] if r else None
         m["r"] = [risk, previous]
         signals.risk_score, signals.previous_risk_score = risk, previous
 
