@@ -275,11 +275,17 @@ def page_hinkley_update(state: list[float] | None, x: float, delta: float, thres
 
 
 def _ph_to_json(state: list[float]) -> list[float | None]:
+    if math.inf not in state:  # (``in`` compares as ``==`` does)
+        return list(state)
     return [None if v == math.inf else v for v in state]
 
 
 def _ph_from_json(state: list[float | None] | None) -> list[float] | None:
-    return None if state is None else [math.inf if v is None else v for v in state]
+    if state is None:
+        return None
+    if None not in state:
+        return list(state)
+    return [math.inf if v is None else v for v in state]
 
 
 # --- the suite -----------------------------------------------------------------------
@@ -442,26 +448,28 @@ class OnlineModels:
         m = record.risk.models
         if not m:
             return 0
-        best = 0
         late_days = self.late_days + 1
         full_days = OVERDUE_FULL_DAYS + 1
+        best = none = 1 << 62  # "no day yet", above any ordinal
         for entry in m["o"].values():
             # Its days: due + 1 (overdue), due + late_days + 1 (the label, while it waits for one) and
             # due + OVERDUE_FULL_DAYS + 1; due + 1 comes first of them, so it is the answer while ahead.
             due = entry[1]
-            day = due + 1
+            if due >= t:  # due + 1 > t
+                if due < best - 1:
+                    best = due + 1
+                continue
+            day = due + full_days
             if day <= t:
-                day = due + full_days
-                if day <= t:
-                    day = 0
-                if entry[3] == 0:
-                    label_day = due + late_days
-                    if t < label_day and (not day or label_day < day):
-                        day = label_day
-                if not day:
-                    continue
-            if not best or day < best:
+                day = 0
+            if entry[3] == 0:
+                label_day = due + late_days
+                if t < label_day and (not day or label_day < day):
+                    day = label_day
+            if day and day < best:
                 best = day
+        if best == none:
+            best = 0
         if m.get("dd"):
             day = m["dd"][0] + DRIFT_ACTIVE_DAYS + 1
             if t < day and (not best or day < best):
