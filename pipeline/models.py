@@ -597,8 +597,13 @@ class OnlineModels:
         p = round(self.predict(feats), 6)
         m["o"][invoice_id] = [invoice.issued_on.toordinal(), invoice.due_on.toordinal(), p, 0,
                               round(amount_base, 2), 1, feats]
-        if alloc is not None:
-            drift = self._sync(record, m, alloc) or drift  # it may be settled already (a held payment)
+        if alloc is not None:  # it may be settled already (a held payment)
+            if self.exact:
+                drift = self._sync(record, m, alloc) or drift
+            else:
+                # The sync above brought every other invoice up to date with this same allocation; a second
+                # full sync would find them unchanged, so only this invoice's view is looked at.
+                drift = self._sync_one(record, m, alloc, invoice_id) or drift
         return anomaly, alloc, drift
 
     def _anomaly(self, m: dict[str, Any], amount_base: float) -> float | None:
@@ -686,6 +691,27 @@ class OnlineModels:
         else:
             m["c"] = int(not cash_on_account(record.ledger, self.ledger_config))
         return drift
+
+    def _sync_one(self, record: CustomerRecord, m: dict[str, Any], alloc: Allocation,
+                  invoice_id: str) -> DriftResult | None:
+        """:meth:`_sync` for one invoice, when all the others are already in step with ``alloc``."""
+        for view in reversed(alloc.invoices):  # a new invoice is usually last in the allocation's order
+            if view.invoice_id == invoice_id:
+                break
+        else:
+            del m["o"][invoice_id]  # not in the ledger (cannot happen right after its issue)
+            return None
+        entry = m["o"][invoice_id]
+        outstanding = view.outstanding_base
+        if outstanding > 0:
+            entry[4], entry[5] = _base_float(outstanding), int(outstanding == view.due_base)
+            return None
+        del m["o"][invoice_id]
+        if view.settled_on is not None:
+            return self._closed(m, entry, view.settled_on, view.due_on.toordinal())
+        if entry[3] == 0 and record.ledger.invoices[invoice_id].write_offs:
+            self._label(m, entry, 1, "written_off")
+        return None
 
     def _closed(self, m: dict[str, Any], entry: list[Any], settled_on: date, due: int) -> DriftResult | None:
         """An open invoice was settled by cash: its label (if still due), then the days-late statistics."""
