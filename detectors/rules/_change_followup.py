@@ -58,7 +58,7 @@ class ChangeFollowUpOptions(DetectorOptions):
 class Change:
     stamp: str
     event_id: str
-    description: str | None
+    description: str | None = None
 
     @property
     def day(self) -> date:
@@ -74,11 +74,11 @@ class ChangeFollowUp(Detector):
     change_type: ClassVar[str]
     #: "Bank details changed" / "Ownership changed"
     what: ClassVar[str]
-    #: The ledger profile's list of these changes, each ``(stamp, event id, ...)``.
+    #: The ledger profile's list of these changes, each ``(stamp, event id[, description])`` (see ``changes``).
     profile_list: ClassVar[str]
 
     def changes(self, ctx: DetectionContext) -> list[Change]:
-        raise NotImplementedError
+        return [Change(*row) for row in getattr(ctx.ledger.profile, self.profile_list)]
 
     def detect(self, ctx: DetectionContext, memory: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
         opts = self.options

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from detectors.base import DetectionContext, register
-from detectors.rules._change_followup import FOLLOW_UPS, Change, ChangeFollowUp, ChangeFollowUpOptions
+from detectors.base import register
+from detectors.rules._change_followup import FOLLOW_UPS, ChangeFollowUp, ChangeFollowUpOptions
 
 
 class BankDetailsChangeOptions(ChangeFollowUpOptions):
@@ -41,6 +41,3 @@ class BankDetailsChange(ChangeFollowUp):
     triggers = FOLLOW_UPS | {"customer.bank_details_changed"}
     Options = BankDetailsChangeOptions
     options: BankDetailsChangeOptions
-
-    def changes(self, ctx: DetectionContext) -> list[Change]:
-        return [Change(ts, event_id, None) for ts, event_id in ctx.ledger.profile.bank_changes]

@@ -79,12 +79,8 @@ class Composite(Detector):
             return [], memory
         last_seen: dict[str, Any] = {}
         for day, detector in ctx.recent_findings:
-            if detector == self.name or detector in opts.ignore or not start <= day <= ctx.today:
-                continue
-            if detector not in last_seen or day > last_seen[detector]:
+            if detector in seen and start <= day <= today and (detector not in last_seen or day > last_seen[detector]):
                 last_seen[detector] = day
-        if len(last_seen) < opts.min_detectors:
-            return [], memory
         names = sorted(last_seen)
         reasons = [
             Reason("distinct_warning_signs",

@@ -185,10 +185,8 @@ class CreditLimitReview(Detector):
 
     # --- cut ----------------------------------------------------------------------
 
-    def _risk_signals(self, ctx: DetectionContext, pos: Figures | None = None) -> list[Reason]:
+    def _risk_signals(self, ctx: DetectionContext, pos: Figures) -> list[Reason]:
         opts = self.options
-        if pos is None:
-            pos = figures(ctx)
         signals: list[Reason] = []
         if pos.exposure > 0 and pos.max_days_past_due > opts.overdue_days:
             late = pos.outstanding_past(opts.overdue_days)
@@ -245,10 +243,8 @@ class CreditLimitReview(Detector):
 
     # --- raise --------------------------------------------------------------------
 
-    def _reliable_near_limit(self, ctx: DetectionContext, quick: Figures | None = None) -> list[Reason] | None:
+    def _reliable_near_limit(self, ctx: DetectionContext, quick: Figures) -> list[Reason] | None:
         opts = self.options
-        if quick is None:
-            quick = figures(ctx)
         limit = quick.credit_limit
         if not limit or quick.utilisation is None or float(quick.utilisation) < opts.raise_utilisation:
             return None

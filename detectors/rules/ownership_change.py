@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from detectors.base import DetectionContext, register
-from detectors.rules._change_followup import FOLLOW_UPS, Change, ChangeFollowUp, ChangeFollowUpOptions
+from detectors.base import register
+from detectors.rules._change_followup import FOLLOW_UPS, ChangeFollowUp, ChangeFollowUpOptions
 
 
 class OwnershipChangeOptions(ChangeFollowUpOptions):
@@ -40,6 +40,3 @@ class OwnershipChange(ChangeFollowUp):
     triggers = FOLLOW_UPS | {"customer.ownership_changed"}
     Options = OwnershipChangeOptions
     options: OwnershipChangeOptions
-
-    def changes(self, ctx: DetectionContext) -> list[Change]:
-        return [Change(ts, event_id, description) for ts, event_id, description in ctx.ledger.profile.ownership_changes]
