@@ -19,7 +19,6 @@ woken on or before it)::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Iterable, Protocol
@@ -38,8 +37,6 @@ from pipeline.ledger import (
     apply,
     new_state,
     open_views,
-    state_from_dict,
-    state_to_dict,
 )
 
 #: How long findings are remembered for composite detectors.
@@ -255,16 +252,12 @@ class RiskEngine:
         updates: list[AlertUpdate] = []
         memories = risk.memory
         for name, detect, detector in runs:
-            if name in memories:
-                findings, memory = detect(ctx, memories[name])
-                if memory:
-                    memories[name] = memory
-                else:
-                    del memories[name]
-            else:
-                findings, memory = detect(ctx, {})
-                if memory:
-                    memories[name] = memory
+            memory = memories.get(name)
+            findings, memory = detect(ctx, {} if memory is None else memory)
+            if memory:
+                memories[name] = memory
+            elif name in memories:
+                del memories[name]
             if not findings:
                 if name not in open_names:
                     continue  # nothing found and no open episode to end: settling would change nothing
