@@ -767,8 +767,8 @@ class _Book:
             dbt = self.dbt = (paid_weighted / paid_amount).quantize(TENTH) if paid_amount else None
         recent = self.dbt_recent
         if recent is _UNKNOWN or recent[0] != as_of:  # type: ignore[index]
-            sums = self._window_sums(as_of - timedelta(days=window_days), as_of)
-            amount, weighted = sums if sums is not None else self.recent_sums(as_of - timedelta(days=window_days), as_of)
+            start = as_of - timedelta(days=window_days)
+            amount, weighted = self._window_sums(start, as_of) or self.recent_sums(start, as_of)
             recent = self.dbt_recent = (as_of, (weighted / amount).quantize(TENTH) if amount else None)
         return dbt, recent[1]  # type: ignore[return-value,index]
 
