@@ -678,10 +678,7 @@ class OnlineModels:
             if entry is None:
                 continue
             del open_entries[invoice_id]
-            if view.settled_on is not None:
-                drift = self._closed(m, entry, view.settled_on, view.due_on.toordinal()) or drift
-            elif entry[3] == 0 and record.ledger.invoices[invoice_id].write_offs:
-                self._label(m, entry, 1, "written_off")
+            drift = self._gone(record, m, entry, view) or drift
         if kept != len(open_entries) - (skip in open_entries):
             listed = {view.invoice_id for view in views}
             for invoice_id in [iid for iid in open_entries if iid not in listed and iid != skip]:
@@ -707,9 +704,13 @@ class OnlineModels:
             entry[4], entry[5] = _base_float(outstanding), int(outstanding == view.due_base)
             return None
         del m["o"][invoice_id]
+        return self._gone(record, m, entry, view)
+
+    def _gone(self, record: CustomerRecord, m: dict[str, Any], entry: list[Any], view: Any) -> DriftResult | None:
+        """An open invoice's entry (already taken out) whose invoice closed: settled by cash, or written off."""
         if view.settled_on is not None:
             return self._closed(m, entry, view.settled_on, view.due_on.toordinal())
-        if entry[3] == 0 and record.ledger.invoices[invoice_id].write_offs:
+        if entry[3] == 0 and record.ledger.invoices[view.invoice_id].write_offs:
             self._label(m, entry, 1, "written_off")
         return None
 
