@@ -270,7 +270,7 @@ class OutboxDeliverer:
     def step(self, poll_interval: float = 1.0) -> float:
         """One run; how long to wait before the next (every loop that drives a deliverer uses this).
 
-        None after a full batch (more may be due right away); while the store is unreachable, waits
+        0 after a full batch (more may be due right away); while the store is unreachable, waits
         that double up to 10 s, so that pending deliveries go out within seconds once it is back.
         """
         from sinks.store import StoreUnavailable
@@ -298,15 +298,20 @@ class OutboxDeliverer:
                 except asyncio.TimeoutError:
                     pass
 
+    def run_until_stopped(self, stop: Any, poll_interval: float = 1.0, alive: Callable[[], bool] | None = None) -> None:
+        """The same loop without an event loop: deliver until ``stop`` (``set``/``is_set``/``wait`` as
+        ``threading.Event``) is set, or ``alive()`` says the process this deliverer serves is gone."""
+        while not stop.is_set():
+            if alive is not None and not alive():
+                log.warning("the worker is gone; delivery stops")
+                return
+            wait = self.step(poll_interval)
+            if wait:
+                stop.wait(wait)
+
     def run_in_thread(self, stop: threading.Event, poll_interval: float = 1.0) -> threading.Thread:
         """The same loop on a daemon thread, for callers without an event loop."""
-
-        def loop() -> None:
-            while not stop.is_set():
-                wait = self.step(poll_interval)
-                if wait:
-                    stop.wait(wait)
-
-        thread = threading.Thread(target=loop, name="creditwatch-outbox", daemon=True)
+        thread = threading.Thread(target=self.run_until_stopped, args=(stop, poll_interval), name="creditwatch-outbox",
+                                  daemon=True)
         thread.start()
         return thread

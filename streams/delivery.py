@@ -66,23 +66,9 @@ def die_with_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
-def deliver_until_stopped(deliverer: Any, stop: "StopFlag | threading.Event", alive: Callable[[], bool] = lambda: True,
-                          poll_interval: float = 0.5) -> None:
-    """``OutboxDeliverer.run_forever`` without an event loop: deliver until ``stop`` is set or ``alive()`` is False.
-
-    While the store is unreachable it waits (doubling, at most 10 s) and tries again (``OutboxDeliverer.step``).
-    """
-    while not stop.is_set():
-        if not alive():
-            log.warning("the worker is gone; delivery stops")
-            return
-        wait = deliverer.step(poll_interval)
-        if wait:
-            stop.wait(wait)
-
-
 class StopFlag:
-    """``threading.Event``'s ``set``/``is_set``/``wait`` for a flag set by a signal handler.
+    """``threading.Event``'s ``set``/``is_set``/``wait`` for a flag set by a signal handler (the stop of
+    ``OutboxDeliverer.run_until_stopped`` here).
 
     A handler runs on the main thread between two bytecodes; ``Event.set`` there takes the lock that an
     ``Event.wait`` in progress on the same thread holds, and the process hangs for good (seen: a delivery child
@@ -150,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     # Retries wait in wall time, even when the detection clock is accelerated (demo).
     deliverer = OutboxDeliverer(store, sinks, SystemClock(), observe=observe)
     try:
-        deliver_until_stopped(deliverer, stop, alive=lambda: os.getppid() == args.parent)
+        deliverer.run_until_stopped(stop, poll_interval=0.5, alive=lambda: os.getppid() == args.parent)
     finally:
         for sink in sinks.values():
             close = getattr(sink, "close", None)
