@@ -74,8 +74,6 @@ FIGURES = ("utilisation", "over_limit", "overdue_share", "dso", "days_beyond_ter
 SNAPSHOT_VERSION = 1
 
 
-
-
 def _optimizer(name: str, learning_rate: float) -> optim.base.Optimizer:
     return {"sgd": optim.SGD, "adagrad": optim.AdaGrad}[name](learning_rate)
 
