@@ -275,7 +275,6 @@ def run_case(broker: Any, folder: Path, prefill: Prefill, customers: int, tag: s
                             "rebuild_decoded": values.get("creditwatch_wake_rebuild_decoded_total", 0),
                             "scheduled": values.get("creditwatch_wake_scheduled", 0)})
 
-    load_before = load_average()
     before = _du(folder)
     try:
         result = run_worker(broker, folder, prefix, len(records), tag=tag, sample=sample, ready_timeout=1_800,

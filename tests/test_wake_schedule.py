@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
