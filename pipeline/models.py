@@ -14,7 +14,7 @@ answers with :class:`~detectors.base.ModelSignals`. Two kinds of state:
       "a":  [n, mean, m2]            Welford stats of log(invoice amount)
       "o":  {invoice_id: [issued, due, p, state, outstanding, untouched, features]}
             the open invoices (dates as ordinals, outstanding in the base
-            currency). state 0: waiting for its label, features kept;
+            currency; features as text, ``stored_features``). state 0: waiting for its label, features kept;
             1: labelled late while still open (features dropped); 2: open,
             issued before the models saw it (no p). untouched: no cash or
             credit on it yet.
@@ -289,6 +289,29 @@ def _ph_from_json(state: list[float | None] | None) -> list[float] | None:
 
 
 # --- the suite -----------------------------------------------------------------------
+
+
+def features_text(features: Sequence[float]) -> str:
+    """A feature vector as it is kept on an open invoice until its label arrives.
+
+    Text, written once at issue: the customer's record is encoded on every
+    batch that touches the customer, and as a JSON list each of the 14 floats
+    of every open invoice would be formatted again each time (most of the
+    record's encoding time for a customer with many open invoices). ``repr``
+    gives back the same float, sign of zero included.
+    """
+    return ",".join(map(repr, features))
+
+
+def stored_features(entry: list[Any]) -> list[float] | None:
+    """The feature vector of an open invoice's entry in ``"o"``; None once it is labelled.
+
+    Records written before the features were kept as text hold a list.
+    """
+    features = entry[6]
+    if features is None or isinstance(features, list):
+        return features
+    return [float(value) for value in features.split(",")]
 
 
 class OnlineModels:
@@ -596,7 +619,7 @@ class OnlineModels:
         feats = self.features(record, amount_base, terms, today, as_of=invoice.issue[0], exclude=invoice_id)
         p = round(self.predict(feats), 6)
         m["o"][invoice_id] = [invoice.issued_on.toordinal(), invoice.due_on.toordinal(), p, 0,
-                              round(amount_base, 2), 1, feats]
+                              round(amount_base, 2), 1, features_text(feats)]
         if alloc is not None:  # it may be settled already (a held payment)
             if self.exact:
                 drift = self._sync(record, m, alloc) or drift
@@ -725,8 +748,8 @@ class OnlineModels:
 
     def _label(self, m: dict[str, Any], entry: list[Any], y: int, how: str) -> None:
         """Learn one label with the features and p stored at issuance."""
-        issued, _, p, _, _, _, feats = entry
-        self.model.learn_one(dict(zip(FEATURES, feats)), bool(y))
+        issued, p = entry[0], entry[2]
+        self.model.learn_one(dict(zip(FEATURES, stored_features(entry))), bool(y))
         self.roc.update(bool(y), p)
         self.log_loss.update(bool(y), p)
         self.predictions.append((issued, p, y))

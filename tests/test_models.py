@@ -18,7 +18,9 @@ from pipeline.builders import register as registered
 from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
 from pipeline.events import validate_event
 from pipeline.ledger import apply, new_state
-from pipeline.models import FEATURES, OnlineModels, auc_by_issue_date, page_hinkley_update, replay, roc_auc
+from pipeline.models import (
+    FEATURES, OnlineModels, auc_by_issue_date, features_text, page_hinkley_update, replay, roc_auc, stored_features,
+)
 
 IBM_CSV = Path("/work/shared/data/ibm-ar/WA_Fn-UseC_-Accounts-Receivable.csv")
 
@@ -112,6 +114,31 @@ def test_features_and_p_at_issuance_are_fixed_before_the_outcome_is_known():
     assert (y_a, y_b) == (1, 0)  # ... and different labels
 
 
+def test_features_kept_as_text_give_back_the_same_floats_sign_of_zero_included():
+    values = [-1.7346, 0.0, -0.0, 0.1667, 1e-05, 123456.789, -4.0]
+    back = stored_features([0, 0, 0.5, 0, 10.0, 1, features_text(values)])
+    assert back == values
+    assert [math.copysign(1, v) for v in back] == [math.copysign(1, v) for v in values]
+
+
+def test_an_open_invoice_written_with_its_features_as_a_list_is_learned_the_same():
+    """Records written before the features were kept as text hold a list; their label teaches the same."""
+    learned = []
+    for as_list in (False, True):
+        models = OnlineModels(late_days=30)
+        history, nxt = settled_history("C1", [0, 40, 2])
+        record, _ = feed(models, [registered(), *history, invoice("T", 1500, issued_on=nxt.isoformat())])
+        entry = record.risk.models["o"]["T"]
+        assert isinstance(entry[6], str)
+        if as_list:
+            entry[6] = stored_features(entry)
+        feed(models, [payment("PT", 1500, received_on=day(nxt.isoformat(), 75), invoice_id="T")], record,
+             roundtrip=True)
+        assert models.labels_by["settled"] >= 1
+        learned.append((models.predictions[-1], dict(models.model.weights), models.model.intercept))
+    assert learned[0] == learned[1]
+
+
 def test_history_statistics_change_only_when_a_label_arrives():
     models = OnlineModels(late_days=30)
     history, nxt = settled_history("C1", [1, 2])
@@ -120,7 +147,7 @@ def test_history_statistics_change_only_when_a_label_arrives():
     # A second invoice while X1 is open and not yet due: the same history, nothing learned.
     feed(models, [invoice("X2", 1000, issued_on=day(nxt.isoformat(), 20))], record)
     assert record.risk.models["h"] == before
-    assert record.risk.models["o"]["X1"][6][:5] == record.risk.models["o"]["X2"][6][:5]
+    assert stored_features(record.risk.models["o"]["X1"])[:5] == stored_features(record.risk.models["o"]["X2"])[:5]
     # X1 paid 40 days late: now the history knows.
     feed(models, [payment("PX1", 1000, received_on=day(nxt.isoformat(), 70), invoice_id="X1")], record)
     assert record.risk.models["h"][0] == before[0] + 1 and record.risk.models["h"][1] == before[1] + 1
@@ -132,9 +159,9 @@ def test_dispute_recorded_after_the_issue_timestamp_is_not_a_feature():
     feed(models, [event("invoice.disputed", "2026-01-20", invoice_id="I1")], record)
     inv = invoice("I2", 1000, issued_on="2026-01-10")  # arrives late, issued before the dispute was raised
     feed(models, [inv], record)
-    assert dict(zip(FEATURES, record.risk.models["o"]["I2"][6]))["disputes"] == 0.0
+    assert dict(zip(FEATURES, stored_features(record.risk.models["o"]["I2"])))["disputes"] == 0.0
     feed(models, [invoice("I3", 1000, issued_on="2026-01-21")], record)
-    assert dict(zip(FEATURES, record.risk.models["o"]["I3"][6]))["disputes"] > 0
+    assert dict(zip(FEATURES, stored_features(record.risk.models["o"]["I3"])))["disputes"] > 0
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -305,8 +332,8 @@ def test_snapshot_and_restore_keep_the_model_exactly():
 
     models = OnlineModels(late_days=0)
     result = replay(models, [validate_event(e) for e in convert(IBM_CSV)[:3000]])
-    vectors = [entry[6] for record in result["records"].values() for entry in record.risk.models["o"].values()
-               if entry[6] is not None]
+    vectors = [stored_features(entry) for record in result["records"].values()
+               for entry in record.risk.models["o"].values() if entry[6] is not None]
     assert vectors
     restored = OnlineModels(late_days=0)
     restored.restore(models.snapshot())
