@@ -1014,7 +1014,22 @@ class Position:
         )
 
 
+_AS_IS = frozenset((str, int, float, bool, type(None)))
+_AS_TEXT: dict[type, Any] = {Decimal: str, date: date.isoformat, datetime: datetime.isoformat}
+
+
 def _jsonable(value: Any) -> Any:
+    # Exact types first (a position holds a list of open invoices: this runs for each of their fields).
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    as_text = _AS_TEXT.get(kind)
+    if as_text is not None:
+        return as_text(value)
+    if kind is dict:
+        return {key: item if type(item) in _AS_IS else _jsonable(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [item if type(item) in _AS_IS else _jsonable(item) for item in value]
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, (date, datetime)):
