@@ -6,14 +6,17 @@ worker that owns partition *p* owns every event of the customers hashed to
 *p* and their record in partition *p* of the changelog. No repartition.
 
 The agent works in batches (``take_events``): the batch goes through the
-engine, its alerts are committed to the store (``WorkerRuntime.persist``),
+engine, then it is committed while the agent reads and works on the next one:
+its alerts are committed to the store (``WorkerRuntime.store_prepared``),
 each touched customer is written to the Table once, and the changelog records
 and dead letters are acknowledged by the broker before the batch's source
-offsets are acknowledged to faust, which commits them later. So a committed
-offset never runs ahead of the state and the alerts that event produced. A
-failure inside a batch ends the process without acknowledging anything (faust
-would otherwise ack the whole batch on the way out); on restart the batch is
-read again, and the ledger's and the store's idempotence make that harmless.
+offsets are acknowledged to faust (``CommitThenAckStream``), which commits
+them later. So a committed offset never runs ahead of the state and the
+alerts that event produced. Commits run one at a time, in batch order; ticks,
+model checkpoints and revocations wait for the one in progress. A failure
+inside a batch or its commit ends the process without acknowledging anything;
+on restart the batch is read again, and the ledger's and the store's
+idempotence make that harmless.
 
 A timer moves the clock: customers whose wake-up day has come get a tick
 (aging, broken promises, late labels), under the same lock as batches.
@@ -65,6 +68,24 @@ def checkpoint_topic_name(settings: Settings) -> str:
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition the Kafka default partitioner (murmur2) gives a key."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class CommitThenAckStream(faust.Stream):
+    """A stream whose batches the agent acknowledges itself, once they are committed.
+
+    faust's ``take_events`` acknowledges a batch as soon as the agent asks for
+    the next one. The agent works on batch *n + 1* while batch *n* is being
+    stored and its changelog records confirmed, so here ``take_events``'s
+    acknowledgement does nothing and the agent calls ``acknowledge`` for each
+    event of a batch after its commit: faust never commits an offset past an
+    alert that is not stored or a record the broker has not confirmed.
+    """
+
+    async def ack(self, event: Any) -> bool:
+        return False  # see acknowledge
+
+    async def acknowledge(self, event: Any) -> bool:
+        return await super().ack(event)
 
 
 class CustomerTable(faust.Table):
@@ -168,6 +189,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         producer_linger=0.002,
         producer_acks=-1,
         stream_recovery_delay=0.0,
+        Stream=CommitThenAckStream,
     )
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     source = app.topic(*settings.input_topics, partitions=settings.partitions, **raw)
@@ -185,7 +207,17 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             options=rocksdb_options(settings) if settings.store.startswith("rocksdb") else None,
         )
     )
-    cache = StateCache(lambda customer_id: table.get(customer_id.encode()), capacity=settings.state_cache)
+    #: Records of the batch being committed, not yet in the table: the next batch must read these, not the table's.
+    unwritten: dict[str, bytes] = {}
+    cache = StateCache(lambda customer_id: unwritten.get(customer_id) or table.get(customer_id.encode()),
+                       capacity=settings.state_cache)
+    #: The batch being committed (at most one): stored, its records written and confirmed, then acknowledged.
+    committing: list[asyncio.Task] = []
+
+    async def drain() -> None:
+        """Wait until the batch being committed is; whatever runs next sees it stored and in the table."""
+        while committing:
+            await committing.pop()
     topic_kinds = {settings.topic(kind): kind for kind in ("invoices", "payments", "customers")}
     processor = BatchProcessor(cache, runtime.engine, topic_kinds, runtime.clock)
     wake_stale = asyncio.Event()
@@ -195,6 +227,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     @app.on_partitions_revoked.connect
     async def forget_partition_state(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         async with runtime.lock:
+            await drain()
             table_restored.clear()
             # Partitions may come back after another worker changed them.
             cache.clear()
@@ -211,14 +244,18 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     async def mark_wake_schedule_stale(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         wake_stale.set()
 
-    async def write(result_states: dict, partitions: dict[str, int], letters: list, today: Any) -> None:
-        """The records into the Table (after they were scheduled: each carries its wake-up day), dead letters."""
-        for customer_id, record in result_states.items():
+    def table_values(records: dict, today: Any) -> dict[str, bytes]:
+        """The records' bytes, after they were scheduled (each carries its wake-up day)."""
+        return {customer_id: runtime.table_value(record, today) for customer_id, record in records.items()}
+
+    async def write(values: dict[str, bytes], partitions: dict[str, int], letters: list) -> None:
+        """The records into the Table and the dead letters; returns when the broker has confirmed them."""
+        for customer_id, value in values.items():
             key = customer_id.encode()
             partition = partitions.get(customer_id)
             if partition is not None:
                 table.source_partition[key] = partition
-            table[key] = runtime.table_value(record, today)
+            table[key] = value
         table.source_partition.clear()
         confirmations = table.unconfirmed
         table.unconfirmed = []
@@ -240,7 +277,14 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 context["event_id"] = alert["event_ids"][-1]  # the latest evidence
             log.info("alert %s %s", update.change, alert["title"], extra=context)
 
-    async def handle_batch(events: list[Any]) -> None:
+    async def handle_batch(stream: CommitThenAckStream, events: list[Any]) -> None:
+        """Run a batch through the engine, then commit it in the background while the next batch is read.
+
+        Everything the commit needs is taken from the records now (store
+        payload, table bytes), because the next batch changes them. Commits
+        run one at a time in batch order: the next batch's commit starts
+        after this one has finished.
+        """
         records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                    for e in events]
         async with runtime.lock:
@@ -250,19 +294,40 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             started = time.time()
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
-            await runtime.persist(result.updates, result.states, now, result.applied)
+            prepared = runtime.prepare(result.updates, result.states, now)
             runtime.schedule(result.states.values(), now.date())
-            await write(result.states, result.partitions, result.dead_letters, now.date())
+            values = table_values(result.states, now.date())
+            unwritten.update(values)
+            await drain()
+            committing.append(asyncio.create_task(commit_batch(stream, events, records, result, prepared, values,
+                                                               started)))
+
+    async def commit_batch(stream: CommitThenAckStream, events: list[Any], records: list[Record],
+                           result: BatchResult, prepared: Any, values: dict[str, bytes], started: float) -> None:
+        try:
+            await runtime.store_prepared(prepared, result.applied)
+            await write(values, result.partitions, result.dead_letters)
+            for customer_id, value in values.items():
+                if unwritten.get(customer_id) is value:
+                    del unwritten[customer_id]
             log_alerts(result.updates)
             metrics.observe_batch(result, records, started, time.time(), [e.message.timestamp for e in events])
             for record in records:
                 processed_to[(record.topic, record.partition)] = record.offset + 1
+            for event in events:
+                await stream.acknowledge(event)
+        except Exception:  # noqa: BLE001 - crash-only: never acknowledge a batch that was not committed
+            log.critical("batch failed; stopping without committing it", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     @app.agent(source, concurrency=1)
     async def process(stream: faust.StreamT) -> None:
+        if not isinstance(stream, CommitThenAckStream):
+            raise TypeError("the agent acknowledges batches itself; its stream must be a CommitThenAckStream")
         async for events in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
             try:
-                await handle_batch(events)
+                await handle_batch(stream, events)
             except Exception:  # noqa: BLE001 - crash-only: never let faust ack a failed batch
                 log.critical("batch failed; stopping without committing it", exc_info=True)
                 logging.shutdown()
@@ -303,6 +368,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 if not table_restored.is_set():
                     metrics.ticks_deferred.inc()
                     return
+                # A tick may touch a customer of the batch being committed: that batch's record goes first.
+                await drain()
                 if wake_stale.is_set():
                     wake_stale.clear()
                     await rebuild_wake_schedule()
@@ -311,7 +378,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 metrics.ticks.inc(len(touched))
                 if touched:
                     await runtime.persist(updates, touched, now)
-                    await write(touched, {}, [], now.date())
+                    await write(table_values(touched, now.date()), {}, [])
                     log_alerts(updates)
                     metrics.observe_alerts(updates)
         except Exception:  # noqa: BLE001 - same crash-only rule as batches
@@ -356,6 +423,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     async def checkpoint_models() -> None:
         if app.tables.recovery.completed.is_set():
             async with runtime.lock:
+                await drain()  # the models' state then matches what is stored and acknowledged
                 await save_checkpoint()
 
     delivery = None
@@ -419,6 +487,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     app.creditwatch_table = table  # type: ignore[attr-defined]
     app.creditwatch_cache = cache  # type: ignore[attr-defined]
     app.creditwatch_save_checkpoint = save_checkpoint  # type: ignore[attr-defined]
+    app.creditwatch_drain = drain  # type: ignore[attr-defined]
     #: The delivery child process (CREDITWATCH_DELIVERY=process), None when the outbox runs inline.
     app.creditwatch_delivery = delivery  # type: ignore[attr-defined]
     return app

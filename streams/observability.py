@@ -37,6 +37,12 @@ class WorkerMetrics:
             "From the broker's timestamp of an event to its batch being stored and confirmed",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
         )
+        self.to_agent = Histogram(
+            "creditwatch_event_to_agent_seconds",
+            "From the broker's timestamp of an event to its batch reaching the agent (the broker's and the fetch's"
+            " share of creditwatch_event_to_stored_seconds)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
         self.batch_seconds = Histogram("creditwatch_batch_seconds", "Time to process one batch",
                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.lag = Gauge("creditwatch_consumer_lag", "Messages behind the end of each input partition",
@@ -101,6 +107,7 @@ class WorkerMetrics:
         for stamp in timestamps:
             if stamp:
                 self.latency.observe(max(now_epoch - stamp, 0.0))
+                self.to_agent.observe(max(started - stamp, 0.0))
         self.batch_seconds.observe(now_epoch - started)
 
     def render(self) -> bytes:

@@ -17,7 +17,6 @@ Shape of the data at each step::
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable

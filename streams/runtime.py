@@ -6,12 +6,16 @@ benchmark loop and tests can drive exactly the same steps.
 Order of the steps for a batch, and why:
 
 1. ``BatchProcessor.process`` — ledger, models, detectors, alert episodes.
-2. ``persist`` — alerts, their outbox rows, positions and risk snapshots are
-   committed to the store in one transaction. If the store is down the batch
-   waits here (retrying) and nothing after it happens, so no offset can be
-   committed past an alert that is not stored.
-3. The caller writes the customers' records to the Table and waits for the
+2. ``prepare`` — what the store needs (positions, snapshots, annotated
+   alerts), taken from the records before the next batch changes them.
+3. ``store_prepared`` — alerts, their outbox rows, positions and risk
+   snapshots are committed to the store in one transaction. If the store is
+   down the batch waits here (retrying) and nothing after it happens, so no
+   offset can be committed past an alert that is not stored.
+4. The caller writes the customers' records to the Table and waits for the
    broker to confirm them, then lets faust acknowledge the batch.
+
+``persist`` is 2 and 3 in one call.
 
 A crash between 2 and 3 replays the batch: the engine recomputes the same
 alert ids and revisions and the store ignores what it already has, so an
@@ -75,6 +79,15 @@ def wake_key(engine: RiskEngine) -> int:
              getattr(models, "late_days", None), getattr(models_module, "OVERDUE_FULL_DAYS", None),
              getattr(models_module, "DRIFT_ACTIVE_DAYS", None))
     return zlib.crc32(repr(rules).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch as the store takes it: alert updates, positions by customer, risk snapshots."""
+
+    updates: list[AlertUpdate]
+    positions: dict[str, Any]
+    snapshots: list[Any]
 
 
 @dataclass
@@ -172,22 +185,33 @@ class WorkerRuntime:
         risk = record.risk.models.get("r")  # OnlineModels keeps [risk, previous risk] here
         return risk[0] if risk else None
 
+    def prepare(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime) -> Prepared:
+        """What the store needs of a batch, taken from the records now (a later batch changes them).
+
+        Annotates the alerts with the reviewer-feedback features and estimate, at raise time.
+        """
+        positions, snapshots = self._store_payload(records, now)
+        for update in updates:
+            self.feedback.annotate(update.alert, positions.get(update.alert["customer_id"]))
+        return Prepared(updates, positions, snapshots)
+
     async def persist(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime,
                       events: list[Any] | None = None) -> None:
-        """Commit the batch's alerts (with their outbox rows), positions, snapshots and events; wait out outages.
+        """Commit the batch's alerts (with their outbox rows), positions, snapshots and events; wait out outages."""
+        await self.store_prepared(self.prepare(updates, records, now), events)
+
+    async def store_prepared(self, prepared: Prepared, events: list[Any] | None = None) -> None:
+        """Commit a prepared batch in one transaction; while the store is down, retry (the batch waits here).
 
         The events feed the customer timeline in the web app; the store keeps each ``event_id`` once.
         """
         from sinks.store import StoreUnavailable
 
-        positions, snapshots = self._store_payload(records, now)
-        for update in updates:  # the reviewer-feedback features and estimate, at raise time
-            self.feedback.annotate(update.alert, positions.get(update.alert["customer_id"]))
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self.store.record, updates, list(self.sinks), positions, snapshots,
-                                        None, events)
+                await asyncio.to_thread(self.store.record, prepared.updates, list(self.sinks),
+                                        prepared.positions, prepared.snapshots, None, events)
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)

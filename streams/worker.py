@@ -180,6 +180,7 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     async def stop_delivering_and_checkpoint(app: Any, **kwargs: Any) -> None:
         runtime.stopping.set()
         try:
+            await app.creditwatch_drain()  # the last batch's commit, so its offsets can be committed on the way out
             await app.creditwatch_save_checkpoint()
         except Exception:  # noqa: BLE001 - a lost checkpoint costs learning, not correctness
             log.warning("could not save the model checkpoint on shutdown", exc_info=True)

@@ -223,6 +223,43 @@ def test_worker_state_equals_offline_ledger_for_the_ibm_accounts_receivable_samp
           f"{retired_differently} of 100 customers (retirement moments depend on arrival order)")
 
 
+def test_a_batch_reads_the_record_the_batch_before_it_left_while_that_one_is_still_being_committed(
+    broker, unique_prefix, tmp_path, workers
+):
+    """Batch n + 1 runs while batch n is stored and written; a customer it touches must not be read stale.
+
+    A cache of one decoded record and batches of 20 send nearly every read to
+    the table, where batch n's records may not be yet: the worker reads them
+    from what it has not written instead. Reading the table there loses the
+    events of batch n for that customer.
+    """
+    events_file = tmp_path / "ibm-ar.jsonl"
+    write_jsonl(convert(IBM_AR)[:1200], events_file)
+    env = env_for(broker, unique_prefix, tmp_path, CREDITWATCH_STATE_CACHE=1, CREDITWATCH_BATCH_MAX=20)
+    settings = settings_of(env)
+    ingested = run_cli(["ingest", str(events_file)], env, timeout=120)
+    assert ingested.returncode == 0, ingested.stderr
+
+    events = read_events(events_file)
+    by_id = {event.event_id: event for event in events}
+    ids = event_ids_by_customer(events)
+    worker = workers(env)
+    worker.wait_ready()
+    states = wait_for_states(
+        settings,
+        lambda states: set(states) == set(ids) and all(set(s.seen) >= ids[c] for c, s in states.items()),
+        timeout=90,
+        describe=lambda states: (
+            f"{len(states)} of {len(ids)} customers, "
+            f"{sum(len(set(s.seen) & ids.get(c, set())) for c, s in states.items())} of {len(by_id)} events seen"
+        ),
+        worker=worker,
+    )
+    assert_applied_once(states, ids)
+    in_worker_order = replay([by_id[eid] for state in states.values() for eid in state.seen], settings.ledger)
+    assert canonical_all(states) == canonical_all(in_worker_order)
+
+
 # --- 3: dead letters -------------------------------------------------------------------
 
 
