@@ -106,6 +106,11 @@ class Settings:
     #: Where the worker runs its outbox relay: ``process`` (a child process of its own, so delivery does not compete
     #: with the stream processor for the GIL; streams.delivery) or ``inline`` (a thread of the worker process).
     delivery: str = "process"
+    #: Where the worker runs its store transactions: ``process`` (a child process: the SQL and JSON work does not
+    #: hold the worker's GIL; streams.store_writer) or ``thread``.
+    store_writer: str = "process"
+    #: Seconds between two full garbage collections of the worker's state (streams.runtime.LongLivedHeap).
+    gc_full_interval_s: float = 600.0
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     @property
@@ -206,6 +211,16 @@ def _delivery(text: str) -> str:
     return mode
 
 
+STORE_WRITERS = ("process", "thread")
+
+
+def _store_writer(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in STORE_WRITERS:
+        raise ConfigError(f"CREDITWATCH_STORE_WRITER={text!r} is not one of {', '.join(STORE_WRITERS)}")
+    return mode
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     base = env.get("CREDITWATCH_BASE_CURRENCY", "EUR").upper()
@@ -246,6 +261,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rocksdb_block_cache_mb=_int(env, "CREDITWATCH_ROCKSDB_BLOCK_CACHE_MB", 16, 0, 65536),
         log_level=_log_level(env.get("CREDITWATCH_LOG_LEVEL", "WARNING")),
         delivery=_delivery(env.get("CREDITWATCH_DELIVERY", "") or "process"),
+        store_writer=_store_writer(env.get("CREDITWATCH_STORE_WRITER", "") or "process"),
+        gc_full_interval_s=_int(env, "CREDITWATCH_GC_FULL_INTERVAL_S", 600, 1, 86_400),
         ledger=LedgerConfig(
             base_currency=base,
             fx_rates=rates,

@@ -173,6 +173,10 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     except WorkerStartError as problem:
         print(f"creditwatch: error: {problem}", file=sys.stderr)
         return 2
+    if settings.store_writer == "process":
+        from streams.store_writer import StoreWriter
+
+        runtime.writer = StoreWriter(settings.resolved_database_url)
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings, runtime, tick_interval_s=settings.tick_interval_s, metrics=metrics)
 
@@ -196,5 +200,7 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     finally:
         if app.creditwatch_delivery is not None:
             app.creditwatch_delivery.stop_now()  # already stopped unless the shutdown went wrong
+        if runtime.writer is not None:
+            runtime.writer.close()
         runtime.store.close()
     return 0

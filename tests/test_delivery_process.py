@@ -107,3 +107,10 @@ def test_a_bad_delivery_mode_is_one_readable_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "creditwatch: error: CREDITWATCH_DELIVERY='thread' is not one of inline, process"], result.stderr
+
+
+def test_a_bad_store_writer_mode_is_one_readable_line(tmp_path):
+    result = run_cli(["worker"], env={"CREDITWATCH_STORE_WRITER": "fork", "CREDITWATCH_DATA_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "creditwatch: error: CREDITWATCH_STORE_WRITER='fork' is not one of process, thread"], result.stderr

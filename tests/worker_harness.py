@@ -386,6 +386,11 @@ def metric_total(found: Metrics, name: str, **labels: str) -> float:
 
 def delivery_children(worker_pid: int) -> list[int]:
     """Live processes whose parent is ``worker_pid`` and which run ``streams.delivery``."""
+    return children(worker_pid, b"streams.delivery")
+
+
+def children(worker_pid: int, marker: bytes = b"") -> list[int]:
+    """Live processes whose parent is ``worker_pid`` and whose command line has ``marker`` in one argument."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -395,7 +400,7 @@ def delivery_children(worker_pid: int) -> list[int]:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat[1]) == worker_pid and stat[0] != "Z" and b"streams.delivery" in command:
+        if int(stat[1]) == worker_pid and stat[0] != "Z" and any(marker in part for part in command):
             found.append(int(entry.name))
     return found
 

@@ -1,0 +1,66 @@
+"""The worker's store writes in a child process (``CREDITWATCH_STORE_WRITER=process``, the default).
+
+A batch's store transaction (alert upserts, outbox rows, positions, snapshots,
+events; ``AlertStore.record``) is SQLAlchemy and JSON work: in a thread of the
+worker it holds the GIL that the engine and faust need, and it was a sixth to
+a third of the worker's CPU. In a child process it runs on another core while
+the worker works on the next batch (streams.app commits a batch while the next
+one is processed). The batch crosses as a pickle of plain values; the worker
+still waits for the commit before it acknowledges the batch, and the child
+raises ``StoreUnavailable`` back to the worker's retry loop during an outage,
+exactly as the thread did.
+
+The child dies with the worker: it checks every second that its parent is
+alive (a worker killed with SIGKILL leaves no writer behind). If the child
+dies, the next write fails, and the worker stops without acknowledging the
+batch (crash-only, as for any failed batch); its restart replays the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+_STORE: Any = None
+
+
+def _open_store(url: str, parent: int) -> None:
+    global _STORE
+    from sinks.store import AlertStore
+
+    _STORE = AlertStore(url)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-worker", daemon=True).start()
+
+
+def _record(updates: list[Any], sinks: list[str], positions: dict[str, Any], snapshots: list[Any],
+            events: list[Any] | None) -> None:
+    _STORE.record(updates, sinks, positions, snapshots, None, events)
+
+
+class StoreWriter:
+    """``AlertStore.record`` of the worker's batches, one at a time, in a child process."""
+
+    def __init__(self, url: str):
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
+            initializer=_open_store, initargs=(url, os.getpid()),
+        )
+
+    async def record(self, updates: list[Any], sinks: list[str], positions: dict[str, Any], snapshots: list[Any],
+                     events: list[Any] | None) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, _record, updates, sinks, positions, snapshots, events)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
