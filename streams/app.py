@@ -48,7 +48,7 @@ from pipeline.config import Settings
 from streams import transport
 from streams.processor import BatchProcessor, BatchResult, Record, StateCache
 from streams.observability import WorkerMetrics
-from streams.runtime import WorkerRuntime
+from streams.runtime import LongLivedHeap, WorkerRuntime
 
 log = logging.getLogger("creditwatch.worker")
 
@@ -211,6 +211,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     unwritten: dict[str, bytes] = {}
     cache = StateCache(lambda customer_id: unwritten.get(customer_id) or table.get(customer_id.encode()),
                        capacity=settings.state_cache)
+    heap = LongLivedHeap(settings.gc_full_interval_s)
     #: The batch being committed (at most one): stored, its records written and confirmed, then acknowledged.
     committing: list[asyncio.Task] = []
 
@@ -298,6 +299,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             runtime.schedule(result.states.values(), now.date())
             values = table_values(result.states, now.date())
             unwritten.update(values)
+            heap.after_batch()
             await drain()
             committing.append(asyncio.create_task(commit_batch(stream, events, records, result, prepared, values,
                                                                started)))
@@ -464,9 +466,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         for labels in lag_series - owned:
             metrics.lag.remove(*labels)
         lag_series.intersection_update(owned)
-        model_metrics = getattr(runtime.models, "metrics", None)
-        if model_metrics is not None:
-            auc = model_metrics().get("roc_auc")
+        progressive_auc = getattr(runtime.models, "progressive_auc", None)
+        if progressive_auc is not None:
+            auc = progressive_auc()
             if isinstance(auc, (int, float)):
                 metrics.model_auc.set(auc)
         try:
