@@ -38,6 +38,8 @@ import logging
 import os
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -55,6 +57,19 @@ log = logging.getLogger("creditwatch.worker")
 TABLE_NAME = "customers"
 #: Records between two yields to the event loop while the wake-up schedule is rebuilt.
 WAKE_REBUILD_STEP = 20_000
+
+
+#: Batches being committed at once: one waiting for the broker's confirmations while the next is stored.
+COMMITS_IN_FLIGHT = 2
+
+
+@dataclass(eq=False)
+class Commit:
+    """A batch being committed (streams.app): set ``stored`` once the store has it; ``task`` ends acknowledged."""
+
+    before: Commit | None = None
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
+    task: Any = None
 
 
 def changelog_topic_name(settings: Settings) -> str:
@@ -212,13 +227,15 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     cache = StateCache(lambda customer_id: unwritten.get(customer_id) or table.get(customer_id.encode()),
                        capacity=settings.state_cache)
     heap = LongLivedHeap(settings.gc_full_interval_s)
-    #: The batch being committed (at most one): stored, its records written and confirmed, then acknowledged.
-    committing: list[asyncio.Task] = []
+    #: Batches being committed, oldest first: each is stored, then its records are written to the table and
+    #: confirmed, then it is acknowledged. Stores run in batch order, and so do writes; a batch's store may run
+    #: while the batch before it waits for its confirmations.
+    committing: deque[Commit] = deque()
 
     async def drain() -> None:
-        """Wait until the batch being committed is; whatever runs next sees it stored and in the table."""
+        """Wait until every batch being committed is; whatever runs next sees them stored and in the table."""
         while committing:
-            await committing.pop()
+            await committing.popleft().task
     topic_kinds = {settings.topic(kind): kind for kind in ("invoices", "payments", "customers")}
     processor = BatchProcessor(cache, runtime.engine, topic_kinds, runtime.clock)
     wake_stale = asyncio.Event()
@@ -282,9 +299,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         """Run a batch through the engine, then commit it in the background while the next batch is read.
 
         Everything the commit needs is taken from the records now (store
-        payload, table bytes), because the next batch changes them. Commits
-        run one at a time in batch order: the next batch's commit starts
-        after this one has finished.
+        payload, table bytes), because the next batch changes them. At most
+        ``COMMITS_IN_FLIGHT`` batches are being committed; their stores run
+        in batch order, and so do their table writes and acknowledgements.
         """
         records = [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                    for e in events]
@@ -300,14 +317,27 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             values = table_values(result.states, now.date())
             unwritten.update(values)
             heap.after_batch()
-            await drain()
-            committing.append(asyncio.create_task(commit_batch(stream, events, records, result, prepared, values,
-                                                               started)))
+            while committing and committing[0].task.done():
+                committing.popleft()
+            while len(committing) >= COMMITS_IN_FLIGHT:
+                await committing.popleft().task
+            commit = Commit(before=committing[-1] if committing else None)
+            commit.task = asyncio.create_task(commit_batch(stream, events, records, result, prepared, values,
+                                                           started, commit))
+            committing.append(commit)
 
     async def commit_batch(stream: CommitThenAckStream, events: list[Any], records: list[Record],
-                           result: BatchResult, prepared: Any, values: dict[str, bytes], started: float) -> None:
+                           result: BatchResult, prepared: Any, values: dict[str, bytes], started: float,
+                           commit: Commit) -> None:
         try:
+            before = commit.before
+            commit.before = None  # no chain of finished commits kept alive
+            if before is not None:
+                await before.stored.wait()
             await runtime.store_prepared(prepared, result.applied)
+            commit.stored.set()
+            if before is not None:
+                await before.task  # its records go to the table first, and its offsets are acknowledged first
             await write(values, result.partitions, result.dead_letters)
             for customer_id, value in values.items():
                 if unwritten.get(customer_id) is value:
