@@ -202,22 +202,14 @@ def _log_level(text: str) -> str:
 
 
 DELIVERY_MODES = ("inline", "process")
-
-
-def _delivery(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in DELIVERY_MODES:
-        raise ConfigError(f"CREDITWATCH_DELIVERY={text!r} is not one of {', '.join(DELIVERY_MODES)}")
-    return mode
-
-
 STORE_WRITERS = ("process", "thread")
 
 
-def _store_writer(text: str) -> str:
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    text = env.get(name, "") or default
     mode = text.strip().lower()
-    if mode not in STORE_WRITERS:
-        raise ConfigError(f"CREDITWATCH_STORE_WRITER={text!r} is not one of {', '.join(STORE_WRITERS)}")
+    if mode not in choices:
+        raise ConfigError(f"{name}={text!r} is not one of {', '.join(choices)}")
     return mode
 
 
@@ -260,8 +252,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rocksdb_write_buffer_mb=_int(env, "CREDITWATCH_ROCKSDB_WRITE_BUFFER_MB", 8, 0, 4096),
         rocksdb_block_cache_mb=_int(env, "CREDITWATCH_ROCKSDB_BLOCK_CACHE_MB", 16, 0, 65536),
         log_level=_log_level(env.get("CREDITWATCH_LOG_LEVEL", "WARNING")),
-        delivery=_delivery(env.get("CREDITWATCH_DELIVERY", "") or "process"),
-        store_writer=_store_writer(env.get("CREDITWATCH_STORE_WRITER", "") or "process"),
+        delivery=_choice(env, "CREDITWATCH_DELIVERY", DELIVERY_MODES, "process"),
+        store_writer=_choice(env, "CREDITWATCH_STORE_WRITER", STORE_WRITERS, "process"),
         gc_full_interval_s=_int(env, "CREDITWATCH_GC_FULL_INTERVAL_S", 600, 1, 86_400),
         ledger=LedgerConfig(
             base_currency=base,

@@ -1,5 +1,7 @@
 """``CREDITWATCH_DELIVERY=process``: the outbox relay in a child process of the worker (streams.delivery).
 
+(And the other child of a worker, its store writer, streams.store_writer: it dies with the worker too.)
+
 One ``creditwatch worker`` on the embedded broker with the Kafka alert sink
 and the console sink (no Slack token). The test finds the worker's delivery
 child in /proc and checks that it delivers every stored alert, that its counts
@@ -21,7 +23,7 @@ from sinks.store import AlertStore
 from streams.broker import free_port
 from streams.ingest import ingest_file
 from tests.test_end_to_end import EXAMPLES, deliveries, wait_until_settled
-from tests.worker_harness import cli_env, delivery_children, metric_total as total, run_cli, scrape_metrics, settings_of
+from tests.worker_harness import children, cli_env, delivery_children, metric_total as total, run_cli, scrape_metrics, settings_of
 
 
 def running(pid: int) -> bool:
@@ -53,7 +55,7 @@ def process_env(broker, prefix: str, tmp_path: Path, **extra) -> dict[str, str]:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_the_delivery_child_delivers_every_alert_and_dies_with_a_sigkilled_worker(
+def test_the_delivery_child_delivers_every_alert_and_it_and_the_store_writer_die_with_a_sigkilled_worker(
     broker, unique_prefix, tmp_path, workers
 ):
     port = free_port()
@@ -81,9 +83,15 @@ def test_the_delivery_child_delivers_every_alert_and_dies_with_a_sigkilled_worke
     printed = [line for line in worker.stdout_path.read_text().splitlines() if line.startswith("[")]
     assert len(printed) == len(console), printed
 
-    # SIGKILL of the worker takes its delivery child along (this one delivered the alerts: it is long set up).
+    # The store writer (CREDITWATCH_STORE_WRITER=process, the default) stored those alerts.
+    writer = children(worker.pid, b"multiprocessing.spawn")
+    assert len(writer) == 1, writer
+
+    # SIGKILL of the worker takes its delivery child along (this one delivered the alerts: it is long set up),
+    # and its store writer.
     worker.kill()
     wait_for(lambda: not running(child[0]), 10, f"delivery process {child[0]} gone after its worker's SIGKILL")
+    wait_for(lambda: not running(writer[0]), 10, f"store writer {writer[0]} gone after its worker's SIGKILL")
 
 
 @pytest.mark.broker

@@ -169,32 +169,41 @@ def test_worker_state_equals_offline_ledger_for_the_contract_examples(broker, un
     )
 
 
-def test_worker_state_equals_offline_ledger_for_the_ibm_accounts_receivable_sample(
-    broker, unique_prefix, tmp_path, workers
-):
+def ingest_ibm_sample(broker, prefix: str, tmp_path: Path, limit: int | None = None, **extra) -> tuple:
+    """(env, settings, events): the IBM AR sample (its first ``limit`` events) ingested by the CLI."""
     events_file = tmp_path / "ibm-ar.jsonl"
-    write_jsonl(convert(IBM_AR), events_file)
-    env = env_for(broker, unique_prefix, tmp_path)
-    settings = settings_of(env)
+    write_jsonl(convert(IBM_AR)[:limit], events_file)
+    env = env_for(broker, prefix, tmp_path, **extra)
     ingested = run_cli(["ingest", str(events_file)], env, timeout=120)
     assert ingested.returncode == 0, ingested.stderr
+    return env, settings_of(env), read_events(events_file)
 
-    events = read_events(events_file)
-    by_id = {event.event_id: event for event in events}
-    ids = event_ids_by_customer(events)
-    assert len(ids) == 100
-    worker = workers(env)
-    worker.wait_ready()
-    states = wait_for_states(
+
+def wait_until_every_event_is_seen(settings, ids: dict[str, set[str]], worker) -> dict:
+    """The customers' states once each has seen exactly its events (``ids``: customer -> event ids)."""
+    total = sum(len(customer_ids) for customer_ids in ids.values())
+    return wait_for_states(
         settings,
         lambda states: set(states) == set(ids) and all(set(s.seen) == ids[c] for c, s in states.items()),
         timeout=90,
         describe=lambda states: (
             f"{len(states)} of {len(ids)} customers, "
-            f"{sum(len(set(s.seen) & ids.get(c, set())) for c, s in states.items())} of {len(by_id)} events seen"
+            f"{sum(len(set(s.seen) & ids.get(c, set())) for c, s in states.items())} of {total} events seen"
         ),
         worker=worker,
     )
+
+
+def test_worker_state_equals_offline_ledger_for_the_ibm_accounts_receivable_sample(
+    broker, unique_prefix, tmp_path, workers
+):
+    env, settings, events = ingest_ibm_sample(broker, unique_prefix, tmp_path)
+    by_id = {event.event_id: event for event in events}
+    ids = event_ids_by_customer(events)
+    assert len(ids) == 100
+    worker = workers(env)
+    worker.wait_ready()
+    states = wait_until_every_event_is_seen(settings, ids, worker)
 
     # Nothing applied twice, nothing missing. No customer has more events than
     # ``seen_ids`` remembers, so ``seen`` is the worker's full arrival order.
@@ -233,28 +242,13 @@ def test_a_batch_reads_the_record_the_batch_before_it_left_while_that_one_is_sti
     from what it has not written instead. Reading the table there loses the
     events of batch n for that customer.
     """
-    events_file = tmp_path / "ibm-ar.jsonl"
-    write_jsonl(convert(IBM_AR)[:1200], events_file)
-    env = env_for(broker, unique_prefix, tmp_path, CREDITWATCH_STATE_CACHE=1, CREDITWATCH_BATCH_MAX=20)
-    settings = settings_of(env)
-    ingested = run_cli(["ingest", str(events_file)], env, timeout=120)
-    assert ingested.returncode == 0, ingested.stderr
-
-    events = read_events(events_file)
+    env, settings, events = ingest_ibm_sample(broker, unique_prefix, tmp_path, 1200, CREDITWATCH_STATE_CACHE=1,
+                                              CREDITWATCH_BATCH_MAX=20)
     by_id = {event.event_id: event for event in events}
     ids = event_ids_by_customer(events)
     worker = workers(env)
     worker.wait_ready()
-    states = wait_for_states(
-        settings,
-        lambda states: set(states) == set(ids) and all(set(s.seen) >= ids[c] for c, s in states.items()),
-        timeout=90,
-        describe=lambda states: (
-            f"{len(states)} of {len(ids)} customers, "
-            f"{sum(len(set(s.seen) & ids.get(c, set())) for c, s in states.items())} of {len(by_id)} events seen"
-        ),
-        worker=worker,
-    )
+    states = wait_until_every_event_is_seen(settings, ids, worker)
     assert_applied_once(states, ids)
     in_worker_order = replay([by_id[eid] for state in states.values() for eid in state.seen], settings.ledger)
     assert canonical_all(states) == canonical_all(in_worker_order)
