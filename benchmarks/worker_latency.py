@@ -36,7 +36,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from benchmarks.worker_throughput import (
-    bench_broker, bench_env, children_cpu, cpu_seconds, handled, histogram_quantile, load_average, machine, metrics, new_prefix,
+    bench_broker, bench_env, children_cpu, cpu_seconds, handled, rss_bytes, histogram_quantile, load_average, machine, metrics, new_prefix,
     publish_lines, scratch, start_worker,
 )
 
@@ -169,6 +169,7 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
     """Produce at ``rate`` for ``seconds`` into the running worker; wait until it handled everything."""
     before = metrics(port)
     load_start = load_average()
+    rss0 = rss_bytes(worker.pid)
     cpu0 = cpu_seconds(worker.pid)
     children0 = children_cpu(worker.pid)
     broker_cpu0 = cpu_seconds(broker.pid) if broker.pid else 0.0
@@ -184,6 +185,7 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
         "rate": rate, "mix": mix, "sent": sent, "took": took, "legal": sent_legal, "drain": drained - produced_at,
         "cpu": cpu_seconds(worker.pid) - cpu0,
         "children_cpu": children_cpu(worker.pid) - children0,
+        "rss": (rss0, rss_bytes(worker.pid)),
         "broker_cpu": (cpu_seconds(broker.pid) - broker_cpu0) if broker.pid else None,
         "load_start": load_start, "load_end": load_average(),
     }
@@ -301,6 +303,11 @@ def run(quick: bool = False) -> str:
         "\"Worker behind at the end\": how long after the producer stopped the worker had handled every event "
         "(0 when it kept up). "
         f"Goal p99 < {GOAL_P99_MS} ms at 1,000 events/s: " + "; ".join(verdicts) + ".",
+        "",
+        "Worker RSS from the first send to drained (the worker's process; its garbage collector leaves the state "
+        "frozen between full collections every 10 minutes): "
+        + "; ".join(f"{r['mix']} {r['rate']:,}/s {r['rss'][0] / 2**20:,.0f} → {r['rss'][1] / 2**20:,.0f} MiB"
+                    for r in results) + ".",
     ]
     return "\n".join(rows)
 
