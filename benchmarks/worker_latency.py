@@ -62,11 +62,11 @@ MIXES = {
 }
 
 
-def _registrations(today: date, group: str = "L") -> list[bytes]:
+def _registrations(today: date) -> list[bytes]:
     stamp = datetime.now(timezone.utc).isoformat()
     lines = []
     for c in range(CUSTOMERS):
-        cid = f"{group}{c:05d}"
+        cid = f"L{c:05d}"
         lines.append(json.dumps({
             "event_id": f"{cid}-reg", "type": "customer.registered", "customer_id": cid, "occurred_at": stamp,
             "name": f"Latency Customer {c}", "country": "DE", "industry": "logistics", "credit_limit": 500000,
@@ -83,10 +83,10 @@ def _invoice(cid: str, invoice_id: str, today: date, stamp: str) -> bytes:
 
 
 def produce_steady(settings: Any, seconds: float, rate: int, today: date, phase: int = 0,
-                   first_legal: int = 0, mix: str = "growing", group: str = "L") -> tuple[dict[str, float], int, float]:
+                   first_legal: int = 0, mix: str = "growing") -> tuple[dict[str, float], int, float]:
     """Send live events at ``rate``/s; return (legal event_id → send time, events sent, seconds taken).
 
-    The customers are those of ``group`` (``_registrations``); ``mix`` is one of ``MIXES``. Court judgments
+    The customers are those of ``_registrations``; ``mix`` is one of ``MIXES``. Court judgments
     go to customers ``first_legal``, ``first_legal + 1``… (one each, so each raises a new alert).
     """
     from kafka import KafkaProducer
@@ -107,9 +107,9 @@ def produce_steady(settings: Any, seconds: float, rate: int, today: date, phase:
             stamp = datetime.now(timezone.utc).isoformat()
             for _ in range(per_tick):
                 n += 1
-                cid = f"{group}{(n * 7919) % CUSTOMERS:05d}"
+                cid = f"L{(n * 7919) % CUSTOMERS:05d}"
                 if n % LEGAL_EVERY == 0 and legal < CUSTOMERS:
-                    target = f"{group}{legal:05d}"
+                    target = f"L{legal:05d}"
                     legal += 1
                     event_id = f"legal-{target}"
                     value = json.dumps({
@@ -164,8 +164,7 @@ def _hist_delta(after: dict[str, float], before: dict[str, float], name: str) ->
 
 
 def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int, seconds: float, today: date,
-                  phase: int, first_legal: int, already: float, mix: str = "growing",
-                  group: str = "L") -> dict[str, Any]:
+                  phase: int, first_legal: int, already: float, mix: str = "growing") -> dict[str, Any]:
     """Produce at ``rate`` for ``seconds`` into the running worker; wait until it handled everything."""
     before = metrics(port)
     load_start = load_average()
@@ -173,7 +172,7 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
     cpu0 = cpu_seconds(worker.pid)
     children0 = children_cpu(worker.pid)
     broker_cpu0 = cpu_seconds(broker.pid) if broker.pid else 0.0
-    sent_legal, sent, took = produce_steady(settings, seconds, rate, today, phase, first_legal, mix, group)
+    sent_legal, sent, took = produce_steady(settings, seconds, rate, today, phase, first_legal, mix)
     produced_at = time.monotonic()
     deadline = produced_at + 900
     while handled(metrics(port)) < already + sent:

@@ -12,8 +12,9 @@ each touched customer is written to the Table once, and the changelog records
 and dead letters are acknowledged by the broker before the batch's source
 offsets are acknowledged to faust (``CommitThenAckStream``), which commits
 them later. So a committed offset never runs ahead of the state and the
-alerts that event produced. Commits run one at a time, in batch order; ticks,
-model checkpoints and revocations wait for the one in progress. A failure
+alerts that event produced. At most two batches are in commit at once: their
+stores run in batch order, and so do their table writes and acknowledgements;
+ticks, model checkpoints, revocations and shutdown wait for them. A failure
 inside a batch or its commit ends the process without acknowledging anything;
 on restart the batch is read again, and the ledger's and the store's
 idempotence make that harmless.
@@ -70,6 +71,16 @@ class Commit:
     before: Commit | None = None
     stored: asyncio.Event = field(default_factory=asyncio.Event)
     task: Any = None
+
+
+def stop_now(reason: str) -> None:
+    """Crash-only: log the exception being handled and end the process at once, acknowledging nothing.
+
+    ``os._exit``, not an exception: faust would acknowledge the batch on the way out.
+    """
+    log.critical(reason, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
 
 
 def changelog_topic_name(settings: Settings) -> str:
@@ -349,9 +360,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             for event in events:
                 await stream.acknowledge(event)
         except Exception:  # noqa: BLE001 - crash-only: never acknowledge a batch that was not committed
-            log.critical("batch failed; stopping without committing it", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            stop_now("batch failed; stopping without committing it")
 
     @app.agent(source, concurrency=1)
     async def process(stream: faust.StreamT) -> None:
@@ -361,9 +370,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             try:
                 await handle_batch(stream, events)
             except Exception:  # noqa: BLE001 - crash-only: never let faust ack a failed batch
-                log.critical("batch failed; stopping without committing it", exc_info=True)
-                logging.shutdown()
-                os._exit(70)
+                stop_now("batch failed; stopping without committing it")
 
     def assigned_partitions() -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic in settings.input_topics}
@@ -414,9 +421,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                     log_alerts(updates)
                     metrics.observe_alerts(updates)
         except Exception:  # noqa: BLE001 - same crash-only rule as batches
-            log.critical("clock tick failed; stopping", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            stop_now("clock tick failed; stopping")
 
     @app.timer(settings.threshold_poll_s)
     async def follow_threshold_changes() -> None:

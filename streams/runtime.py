@@ -17,7 +17,7 @@ Order of the steps for a batch, and why:
 
 ``persist`` is 2 and 3 in one call.
 
-A crash between 2 and 3 replays the batch: the engine recomputes the same
+A crash between 3 and 4 replays the batch: the engine recomputes the same
 alert ids and revisions and the store ignores what it already has, so an
 alert is stored once and notified once.
 """

@@ -10,8 +10,9 @@ still waits for the commit before it acknowledges the batch, and the child
 raises ``StoreUnavailable`` back to the worker's retry loop during an outage,
 exactly as the thread did.
 
-The child dies with the worker: it checks every second that its parent is
-alive (a worker killed with SIGKILL leaves no writer behind). If the child
+The child dies with the worker (a worker killed with SIGKILL leaves no writer
+behind): the kernel signals it when its parent dies (``streams.delivery.die_with_parent``,
+as for the delivery child), and where it cannot, it checks every second. If the child
 dies, the next write fails, and the worker stops without acknowledging the
 batch (crash-only, as for any failed batch); its restart replays the batch.
 """
@@ -32,7 +33,10 @@ _STORE: Any = None
 def _open_store(url: str, parent: int) -> None:
     global _STORE
     from sinks.store import AlertStore
+    from streams.delivery import die_with_parent
 
+    if not die_with_parent(parent):
+        os._exit(0)
     _STORE = AlertStore(url)
 
     def exit_with_parent() -> None:
