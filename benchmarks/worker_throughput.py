@@ -438,7 +438,7 @@ def framework_free(settings: Any, total: int, with_store: bool, database_url: st
     from detectors.config import Thresholds
     from pipeline.clock import SystemClock
     from sinks.base import MemorySink
-    from streams.processor import BatchProcessor, StateCache, encode_state
+    from streams.processor import BatchProcessor, StateCache
     from streams.runtime import WorkerRuntime
 
     clock = SystemClock()
@@ -463,10 +463,9 @@ def framework_free(settings: Any, total: int, with_store: bool, database_url: st
         counts["alerts"] += len(result.updates)
         counts["dead"] += len(result.dead_letters)
         if with_store:
-            await runtime.persist(result.updates, result.states, now, result.applied)
-            for customer_id, record in result.states.items():
-                table[customer_id] = encode_state(record)
             runtime.schedule(result.states.values(), now.date())
+            stored = await runtime.persist(result.updates, result.states, now, result.applied)
+            table.update(stored.values)
         else:
             for update in result.updates:
                 sink.deliver(update)

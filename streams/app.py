@@ -273,10 +273,6 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
     async def mark_wake_schedule_stale(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         wake_stale.set()
 
-    def table_values(records: dict, today: Any) -> dict[str, bytes]:
-        """The records' bytes, after they were scheduled (each carries its wake-up day)."""
-        return {customer_id: runtime.table_value(record, today) for customer_id, record in records.items()}
-
     async def write(values: dict[str, bytes], partitions: dict[str, int], letters: list) -> None:
         """The records into the Table and the dead letters; returns when the broker has confirmed them."""
         for customer_id, value in values.items():
@@ -323,9 +319,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             started = time.time()
             now = runtime.clock.now()
             result: BatchResult = processor.process(records, now)
-            prepared = runtime.prepare(result.updates, result.states, now)
             runtime.schedule(result.states.values(), now.date())
-            values = table_values(result.states, now.date())
+            prepared = runtime.prepare(result.updates, result.states, now)
+            values = prepared.values
             unwritten.update(values)
             heap.after_batch()
             while committing and committing[0].task.done():
@@ -416,8 +412,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 touched, updates = runtime.tick(cache.get, now)
                 metrics.ticks.inc(len(touched))
                 if touched:
-                    await runtime.persist(updates, touched, now)
-                    await write(table_values(touched, now.date()), {}, [])
+                    stored = await runtime.persist(updates, touched, now)
+                    await write(stored.values, {}, [])
                     log_alerts(updates)
                     metrics.observe_alerts(updates)
         except Exception:  # noqa: BLE001 - same crash-only rule as batches

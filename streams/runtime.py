@@ -6,9 +6,14 @@ benchmark loop and tests can drive exactly the same steps.
 Order of the steps for a batch, and why:
 
 1. ``BatchProcessor.process`` — ledger, models, detectors, alert episodes.
-2. ``prepare`` — what the store needs (positions, snapshots, annotated
-   alerts), taken from the records before the next batch changes them.
-3. ``store_prepared`` — alerts, their outbox rows, positions and risk
+2. ``prepare`` — what the store needs, taken from the records before the
+   next batch changes them: the annotated alerts, and each touched
+   customer's record bytes (the ones the Table gets) with the few figures
+   only the worker knows (risk score, open alerts, whether today's risk
+   snapshot is due).
+3. ``store_prepared`` — positions and snapshots are computed from those
+   bytes by the store writer (``store_rows``: off the worker's GIL when it
+   is a child process), then alerts, their outbox rows, positions and risk
    snapshots are committed to the store in one transaction. If the store is
    down the batch waits here (retrying) and nothing after it happens, so no
    offset can be committed past an alert that is not stored.
@@ -35,7 +40,7 @@ from typing import Any, Iterable, Mapping
 from detectors.config import Thresholds
 from pipeline.alerts import AlertUpdate
 from pipeline.clock import Clock, SystemClock
-from pipeline.config import Settings
+from pipeline.config import LedgerConfig, Settings
 from pipeline import codec
 from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
 from pipeline.ledger import position
@@ -82,12 +87,50 @@ def wake_key(engine: RiskEngine) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionJob:
+    """One touched customer for the store: its record bytes and what only the worker knows of it."""
+
+    customer_id: str
+    record: bytes  # the record as the Table gets it (``table_value``)
+    risk_score: float | None
+    open_alerts: int
+    snapshot: bool  # today's risk snapshot is due
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
-    """A batch as the store takes it: alert updates, positions by customer, risk snapshots."""
+    """A batch as the store takes it: alert updates, the touched customers, and their Table bytes."""
 
     updates: list[AlertUpdate]
-    positions: dict[str, Any]
-    snapshots: list[Any]
+    jobs: list[PositionJob]
+    values: dict[str, bytes]
+    now: datetime  # the batch's time: the positions' day, the snapshots' time
+
+
+def store_rows(jobs: Iterable[PositionJob], now: datetime, ledger: LedgerConfig) -> tuple[dict[str, Any], list[Any]]:
+    """The positions (``Position.to_json`` + risk score, by customer) and risk snapshots of a batch's customers.
+
+    Each ledger is decoded from the record bytes the Table gets, so this runs
+    wherever the store transaction runs (the store writer's child process by
+    default) and the worker's event loop does not pay for it. The codec
+    round-trips a ledger exactly, so the position is the one the worker's own
+    record gives (``tests/test_worker.py`` checks the stored positions
+    against the offline ledger).
+    """
+    from sinks.store import RiskSnapshot
+
+    today = now.date()
+    positions: dict[str, Any] = {}
+    snapshots: list[Any] = []
+    for job in jobs:
+        state, _ = codec.decode(job.record)
+        pos = position(state, today, ledger).to_json()
+        pos["risk_score"] = job.risk_score
+        positions[job.customer_id] = pos
+        if job.snapshot:
+            snapshots.append(RiskSnapshot.from_position(pos, now, risk_score=job.risk_score,
+                                                        open_alerts=job.open_alerts))
+    return positions, snapshots
 
 
 @dataclass
@@ -160,26 +203,6 @@ class WorkerRuntime:
 
     # --- persisting --------------------------------------------------------------
 
-    def _store_payload(self, records: Mapping[str, CustomerRecord], now: datetime) -> tuple[dict, list]:
-        from sinks.store import RiskSnapshot
-
-        today = now.date()
-        positions: dict[str, Any] = {}
-        snapshots: list[Any] = []
-        for customer_id, record in records.items():
-            pos = position(record.ledger, today, self.settings.ledger).to_json()
-            pos["risk_score"] = self._risk_score(record)
-            positions[customer_id] = pos
-            day = today.isoformat()
-            if record.risk.memory.get("_snapshot", {}).get("on") != day:
-                # One risk snapshot per customer per day keeps the charts' table small.
-                record.risk.memory["_snapshot"] = {"on": day}
-                snapshots.append(RiskSnapshot.from_position(
-                    pos, now, risk_score=pos["risk_score"],
-                    open_alerts=len(record.risk.book.open_alerts()),
-                ))
-        return positions, snapshots
-
     def _risk_score(self, record: CustomerRecord) -> float | None:
         current = getattr(self.models, "current_risk", None)
         if current is not None:
@@ -190,17 +213,47 @@ class WorkerRuntime:
     def prepare(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime) -> Prepared:
         """What the store needs of a batch, taken from the records now (a later batch changes them).
 
-        Annotates the alerts with the reviewer-feedback features and estimate, at raise time.
+        Call after ``schedule`` (or ``tick``): the Table bytes carry the wake-up
+        day. Annotates the alerts with the reviewer-feedback features and
+        estimate, at raise time (from the alerted customers' positions, the
+        only ones computed here).
         """
-        positions, snapshots = self._store_payload(records, now)
+        today = now.date()
+        day = today.isoformat()
+        jobs = []
+        values = {}
+        for customer_id, record in records.items():
+            memory = record.risk.memory
+            snapshot = memory.get("_snapshot", {}).get("on") != day
+            if snapshot:
+                # One risk snapshot per customer per day keeps the charts' table small. Marked before the
+                # record is encoded, so that the Table's copy knows today's is taken.
+                memory["_snapshot"] = {"on": day}
+            values[customer_id] = value = self.table_value(record, today)
+            jobs.append(PositionJob(customer_id, value, self._risk_score(record),
+                                    len(record.risk.book.open_alerts()), snapshot))
+        alerted: dict[str, Any] = {}
         for update in updates:
-            self.feedback.annotate(update.alert, positions.get(update.alert["customer_id"]))
-        return Prepared(updates, positions, snapshots)
+            customer_id = update.alert["customer_id"]
+            if customer_id not in alerted:
+                record = records.get(customer_id)
+                found = None
+                if record is not None:
+                    found = position(record.ledger, today, self.settings.ledger).to_json()
+                    found["risk_score"] = self._risk_score(record)
+                alerted[customer_id] = found
+            self.feedback.annotate(update.alert, alerted[customer_id])
+        return Prepared(updates, jobs, values, now)
 
     async def persist(self, updates: list[AlertUpdate], records: Mapping[str, CustomerRecord], now: datetime,
-                      events: list[Any] | None = None) -> None:
-        """Commit the batch's alerts (with their outbox rows), positions, snapshots and events; wait out outages."""
-        await self.store_prepared(self.prepare(updates, records, now), events)
+                      events: list[Any] | None = None) -> Prepared:
+        """Commit the batch's alerts (with their outbox rows), positions, snapshots and events; wait out outages.
+
+        Returns what was stored, with the records' Table bytes (``Prepared.values``).
+        """
+        prepared = self.prepare(updates, records, now)
+        await self.store_prepared(prepared, events)
+        return prepared
 
     async def store_prepared(self, prepared: Prepared, events: list[Any] | None = None) -> None:
         """Commit a prepared batch in one transaction; while the store is down, retry (the batch waits here).
@@ -213,11 +266,9 @@ class WorkerRuntime:
         while True:
             try:
                 if self.writer is not None:
-                    await self.writer.record(prepared.updates, list(self.sinks), prepared.positions,
-                                             prepared.snapshots, events)
+                    await self.writer.record(prepared.updates, list(self.sinks), prepared.jobs, prepared.now, events)
                 else:
-                    await asyncio.to_thread(self.store.record, prepared.updates, list(self.sinks),
-                                            prepared.positions, prepared.snapshots, None, events)
+                    await asyncio.to_thread(self._record, prepared, events)
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)
@@ -229,6 +280,10 @@ class WorkerRuntime:
                 log.warning("alert store is back; batch stored")
                 self.store_outage = False
             return
+
+    def _record(self, prepared: Prepared, events: list[Any] | None) -> None:
+        positions, snapshots = store_rows(prepared.jobs, prepared.now, self.settings.ledger)
+        self.store.record(prepared.updates, list(self.sinks), positions, snapshots, None, events)
 
     # --- reviewers' verdicts ------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The worker's store writes in a child process (``CREDITWATCH_STORE_WRITER=process``, the default).
 
 A batch's store transaction (alert upserts, outbox rows, positions, snapshots,
-events; ``AlertStore.record``) is SQLAlchemy and JSON work: in a thread of the
+events; ``AlertStore.record``) and the positions and snapshots it stores
+(``streams.runtime.store_rows``, from the records' Table bytes) are ledger,
+SQLAlchemy and JSON work: in a thread of the
 worker it holds the GIL that the engine and faust need, and it was a sixth to
 a third of the worker's CPU. In a child process it runs on another core while
 the worker works on the next batch (streams.app commits a batch while the next
@@ -28,16 +30,18 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 _STORE: Any = None
+_LEDGER: Any = None
 
 
-def _open_store(url: str, parent: int) -> None:
-    global _STORE
+def _open_store(url: str, parent: int, ledger: Any) -> None:
+    global _STORE, _LEDGER
     from sinks.store import AlertStore
     from streams.delivery import die_with_parent
 
     if not die_with_parent(parent):
         os._exit(0)
     _STORE = AlertStore(url)
+    _LEDGER = ledger
 
     def exit_with_parent() -> None:
         while os.getppid() == parent:
@@ -47,24 +51,28 @@ def _open_store(url: str, parent: int) -> None:
     threading.Thread(target=exit_with_parent, name="exit-with-worker", daemon=True).start()
 
 
-def _record(updates: list[Any], sinks: list[str], positions: dict[str, Any], snapshots: list[Any],
-            events: list[Any] | None) -> None:
+def _record(updates: list[Any], sinks: list[str], jobs: list[Any], now: Any, events: list[Any] | None) -> None:
+    from streams.runtime import store_rows
+
+    positions, snapshots = store_rows(jobs, now, _LEDGER)
     _STORE.record(updates, sinks, positions, snapshots, None, events)
 
 
 class StoreWriter:
     """``AlertStore.record`` of the worker's batches, one at a time, in a child process."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, ledger: Any):
+        """``ledger``: the worker's ``LedgerConfig`` (the positions are computed with it)."""
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
-            initializer=_open_store, initargs=(url, os.getpid()),
+            initializer=_open_store, initargs=(url, os.getpid(), ledger),
         )
 
-    async def record(self, updates: list[Any], sinks: list[str], positions: dict[str, Any], snapshots: list[Any],
+    async def record(self, updates: list[Any], sinks: list[str], jobs: list[Any], now: Any,
                      events: list[Any] | None) -> None:
+        """Store a batch: its alert updates, the positions and snapshots of its ``PositionJob``s, its events."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, _record, updates, sinks, positions, snapshots, events)
+        await loop.run_in_executor(self._pool, _record, updates, sinks, jobs, now, events)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
