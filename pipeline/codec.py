@@ -53,6 +53,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
+import orjson
 import zstandard
 
 from pipeline.codec_dict import dictionary_bytes
@@ -91,7 +92,22 @@ class CodecError(ValueError):
 # --- scalars -------------------------------------------------------------------
 
 
+_TS_SEEN: dict[str, int | None] = {}  # text -> _ts(text): a record's stamps are converted again at every write
+_TS_SEEN_MAX = 1 << 17
+
+
 def _ts(text: str) -> int | None:
+    """Epoch seconds for canonical UTC ISO text ("2025-05-26T09:00:00+00:00"), else None (remembered)."""
+    found = _TS_SEEN.get(text, _TS_SEEN)
+    if found is not _TS_SEEN:
+        return found  # type: ignore[return-value]
+    if len(_TS_SEEN) >= _TS_SEEN_MAX:
+        _TS_SEEN.clear()
+    found = _TS_SEEN[text] = _ts_parse(text)
+    return found
+
+
+def _ts_parse(text: str) -> int | None:
     """Epoch seconds for canonical UTC ISO text ("2025-05-26T09:00:00+00:00"), else None.
 
     The separators pin the layout (no week dates, no decimal commas), the
@@ -123,11 +139,18 @@ def _ts_text(seconds: int) -> str:
     return day + _HOUR_MINUTE[minute] + _SECOND[second]
 
 
+class _NonFinite(float):
+    """A NaN or infinite float of a ledger fact: orjson would write it as null, so it refuses this type and
+    the standard encoder (which writes NaN and Infinity, as ``json.loads`` reads them back) takes over."""
+
+
 def _pack(value: Any) -> Any:
     """Any fact value as JSON: tuples as arrays; Decimal, date, list and dict tagged in an object."""
     kind = type(value)
-    if kind is str or kind is int or value is None or kind is bool or kind is float:
+    if kind is str or kind is int or value is None or kind is bool:
         return value
+    if kind is float:
+        return value if value - value == 0.0 else _NonFinite(value)  # x - x is NaN for NaN and ±inf
     if kind is tuple:
         return [_pack(item) for item in value]
     if kind is Decimal:
@@ -381,6 +404,7 @@ class _Codecs(threading.local):
 
 _CODECS = _Codecs()
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+_ORJSON = orjson.dumps
 _DICTIONARIES: dict[int, zstandard.ZstdCompressionDict] = {}
 
 
@@ -392,8 +416,24 @@ def _dictionary(number: int) -> zstandard.ZstdCompressionDict:
 
 
 def layout_json(state: CustomerState, risk: Any) -> bytes:
-    """Layout 1 as JSON text, before compression (for benchmarks and dictionary training)."""
-    return _JSON(_layout(state, risk)).encode()
+    """Layout 1 as JSON text, before compression (also for benchmarks and dictionary training).
+
+    The ledger's part is written by orjson (ten times as fast as the standard
+    encoder, and the same text for what a ledger holds: strings, integers,
+    null, and floats only inside ``_pack``). What orjson would not write
+    exactly, it refuses: an integer beyond 64 bits (it raises) or a
+    non-finite float (``_NonFinite``); the standard encoder writes those.
+    The risk part (alert book, detector memory, model state) always goes
+    through the standard encoder: its floats come from many owners, and
+    orjson would turn a NaN among them into null.
+    """
+    parts = _layout(state, risk)
+    risk_json = _JSON(parts.pop()).encode()
+    try:
+        ledger_json = _ORJSON(parts)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        ledger_json = _JSON(parts).encode()
+    return ledger_json[:-1] + b"," + risk_json + b"]"
 
 
 def encode(state: CustomerState, risk: Any, fmt: int = CURRENT) -> bytes:

@@ -304,3 +304,24 @@ def test_a_customer_with_20_open_invoices_and_a_year_of_history_fits_in_4_kb():
     record = build_customer()
     assert len([i for i in record.ledger.invoices.values()]) >= 20
     assert len(encode_record(record)) <= 4096 < len(legacy_bytes(record.ledger, record.risk.to_json()))
+
+
+def test_what_the_fast_encoder_would_not_write_exactly_still_round_trips(simulated_records):
+    """orjson writes a record's ledger part; a 70-bit integer or a non-finite float goes through the
+    standard encoder instead (orjson would raise on the first and write null for the second)."""
+    record = decode_record(encode_record(next(iter(simulated_records.values()))))
+    state = record.ledger
+    state.events_applied = 2**70
+    invoice = next(iter(state.invoices.values()))
+    invoice.adjustments = {"ev-inf": float("inf"), "ev-nan": float("nan"), "ev-big": -(2**80)}
+    risk = {"x": {"h": [float("-inf"), 0.1, 2**66]}}
+    restored, restored_risk = codec.decode(codec.encode(state, risk))
+    assert restored.events_applied == 2**70
+    adjustments = restored.invoices[invoice.invoice_id].adjustments
+    assert adjustments["ev-inf"] == float("inf") and adjustments["ev-big"] == -(2**80)
+    assert adjustments["ev-nan"] != adjustments["ev-nan"]  # NaN, not None
+    assert restored_risk == risk
+    # an ordinary record takes the fast path and gives the same text the standard encoder gives
+    plain = next(iter(simulated_records.values()))
+    parts = codec._layout(plain.ledger, plain.risk.to_json())
+    assert codec.layout_json(plain.ledger, plain.risk.to_json()) == codec._JSON(parts).encode()
