@@ -46,6 +46,7 @@ LOW_RATE, LOW_SECONDS = 100, 30
 CUSTOMERS = 2_000
 LEGAL_EVERY = 200
 GOAL_P99_MS = 250
+LOOP_LAG = "creditwatch_event_loop_lag_seconds"
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -163,6 +164,23 @@ def _hist_delta(after: dict[str, float], before: dict[str, float], name: str) ->
     return {key: value - before.get(key, 0) for key, value in after.items() if key.startswith(name)}
 
 
+def longest_bucket(values: dict[str, float], name: str) -> float | None:
+    """Upper bound of the highest bucket of a Prometheus histogram that holds an observation (inf: above all)."""
+    import re
+
+    counts = sorted(
+        (float("inf") if m.group(1) == "+Inf" else float(m.group(1)), count) for key, count in values.items()
+        if (m := re.fullmatch(re.escape(name) + r'_bucket\{le="([^"]+)"\}', key))
+    )
+    below = 0.0
+    longest = None
+    for bound, count in counts:
+        if count > below:
+            longest = bound
+        below = count
+    return longest
+
+
 def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int, seconds: float, today: date,
                   phase: int, first_legal: int, already: float, mix: str = "growing") -> dict[str, Any]:
     """Produce at ``rate`` for ``seconds`` into the running worker; wait until it handled everything."""
@@ -191,6 +209,7 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
     after = metrics(port)
     result["hist"] = _hist_delta(after, before, "creditwatch_event_to_stored_seconds")
     result["to_agent"] = _hist_delta(after, before, "creditwatch_event_to_agent_seconds")
+    result["loop_lag"] = _hist_delta(after, before, LOOP_LAG)
     result["handled"] = already + sent
     return result
 
@@ -271,10 +290,12 @@ def run(quick: bool = False) -> str:
         f"Broker's share = `{to_agent}` (broker timestamp → the event's batch reaches the worker's agent: the broker, "
         "the fetch and faust's queues), every event, bucket upper bounds; measured by the worker itself, because "
         "on Tansu a second consumer costs the broker CPU that grows with the log (see the broker fetch cost section). "
+        "Event loop held = `creditwatch_event_loop_lag_seconds` (how late the worker's event loop woke a 50 ms "
+        "timer: the longest stretches it was busy with one step while fetched events waited), bucket upper bounds. "
         "Broker CPU: the Tansu process's CPU seconds from the first send until the worker had drained.",
         "",
-        "| rate sent | mix | events | end to end p50 / p99 / max ms (samples) | worker histogram p50 / p99 ms | broker's share p50 / p99 ms | worker behind at the end | worker CPU s (share of one core, send → drained) | its child processes' CPU s (share) | broker CPU s (share) | load average start → end |",
-        "| ---: | --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| rate sent | mix | events | end to end p50 / p99 / max ms (samples) | worker histogram p50 / p99 ms | broker's share p50 / p99 ms | event loop held p99 / longest ms | worker behind at the end | worker CPU s (share of one core, send → drained) | its child processes' CPU s (share) | broker CPU s (share) | load average start → end |",
+        "| ---: | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for result in results:
         e2e = result["e2e"]
@@ -285,7 +306,9 @@ def run(quick: bool = False) -> str:
             f"{ms(q(e2e, 0.5))} / **{ms(q(e2e, 0.99))}** / {ms(max(e2e) if e2e else None)} ({len(e2e)} of {len(result['legal'])}) | "
             f"{bound(histogram_quantile(result['hist'], name, 0.5))} / {bound(histogram_quantile(result['hist'], name, 0.99))} | "
             f"{bound(histogram_quantile(result['to_agent'], to_agent, 0.5))} / "
-            f"{bound(histogram_quantile(result['to_agent'], to_agent, 0.99))} | {result['drain']:.1f} s | "
+            f"{bound(histogram_quantile(result['to_agent'], to_agent, 0.99))} | "
+            f"{bound(histogram_quantile(result['loop_lag'], LOOP_LAG, 0.99))} / {bound(longest_bucket(result['loop_lag'], LOOP_LAG))} | "
+            f"{result['drain']:.1f} s | "
             f"{result['cpu']:.1f} ({result['cpu'] / span:.2f}) | "
             f"{result['children_cpu']:.1f} ({result['children_cpu'] / span:.2f}) | {broker_cpu} | "
             f"{result['load_start']} → {result['load_end']} |"

@@ -510,6 +510,16 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             metrics.deliveries.labels(status).set(count)
 
     @app.task
+    async def watch_the_event_loop(app: faust.App) -> None:
+        """``creditwatch_event_loop_lag_seconds``: a 50 ms timer's lateness, the longest the loop was held."""
+        loop = asyncio.get_running_loop()
+        interval = 0.05
+        while not runtime.stopping.is_set():
+            before = loop.time()
+            await asyncio.sleep(interval)
+            metrics.loop_lag.observe(max(loop.time() - before - interval, 0.0))
+
+    @app.task
     async def announce_ready(app: faust.App) -> None:
         await app.tables.recovery.completed.wait()
         metrics.ready = True

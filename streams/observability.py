@@ -43,6 +43,12 @@ class WorkerMetrics:
             " share of creditwatch_event_to_stored_seconds)",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
         )
+        self.loop_lag = Histogram(
+            "creditwatch_event_loop_lag_seconds",
+            "How late the worker's event loop woke a 50 ms timer: time it was busy with one step (a batch's"
+            " engine work, a tick) while fetched events waited",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
+        )
         self.batch_seconds = Histogram("creditwatch_batch_seconds", "Time to process one batch",
                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.lag = Gauge("creditwatch_consumer_lag", "Messages behind the end of each input partition",
