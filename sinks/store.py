@@ -50,6 +50,7 @@ timeouts are set, so it never hangs); a missing or old schema raises
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -59,6 +60,8 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from sqlalchemy import (
     JSON,
@@ -446,12 +449,23 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
+def json_text(value: Any) -> str:
+    """The text of a JSON column: orjson's, compact (the positions alone are kilobytes per customer per batch,
+    and the standard encoder was a tenth of the store writer's time). Integers beyond 64 bits, which orjson
+    refuses, go through the standard encoder. orjson writes a NaN as null, which PostgreSQL's JSONB accepts
+    (the standard encoder's NaN it rejects)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str | URL, connect_timeout: float = 5.0) -> Engine:
     """An engine that fails fast instead of hanging, and serialises SQLite writers properly."""
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": connect_timeout})
+        engine = create_engine(parsed, connect_args={"timeout": connect_timeout}, json_serializer=json_text)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -474,7 +488,8 @@ def make_engine(url: str | URL, connect_timeout: float = 5.0) -> Engine:
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
         connect_args = {"connect_timeout": max(1, int(round(connect_timeout))), "application_name": "creditwatch"}
-    return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_timeout=connect_timeout)
+    return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_timeout=connect_timeout,
+                         json_serializer=json_text)
 
 
 def _translate(problem: BaseException) -> StoreError | None:

@@ -431,6 +431,15 @@ def test_positions_keep_the_latest_day(alert_store):
     assert stored["exposure"] == "53000.00" and stored["aging"] == {"current": "100.00"}
     assert alert_store.get_position("C404") is None
 
+def test_json_columns_take_a_nan_as_null_and_a_very_large_integer_exactly(alert_store):
+    # orjson writes the JSON columns: NaN becomes null (PostgreSQL's JSONB rejects the NaN token), and an
+    # integer beyond 64 bits, which orjson refuses, goes through the standard encoder.
+    odd = {**position("C1", "2026-03-04", "52000.00"), "risk_score": float("nan"), "names": {"é✓": 1}}
+    alert_store.save_positions({"C1": odd, "C2": {**position("C2", "2026-03-04", "1.00"), "big": 2**70}})
+    stored = alert_store.get_position("C1")
+    assert stored["risk_score"] is None and stored["names"] == {"é✓": 1}
+    assert alert_store.get_position("C2")["big"] == 2**70
+
 def test_risk_snapshots_build_a_customer_history_once_per_moment(alert_store):
     snaps = [RiskSnapshot.from_position(position("C1", "2026-03-0%d" % day, f"{day}000.00"),
                                         T0 + timedelta(days=day), risk_score=day / 10) for day in (1, 2, 3)]
