@@ -279,11 +279,13 @@ def as_records(settings: Settings, events: Iterable[Mapping[str, Any]]) -> list[
     return records
 
 
-def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]], linger_ms: int = 5) -> list[Published]:
+def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]], linger_ms: int = 5,
+            partition_of: Callable[[bytes, int], int] | None = None) -> list[Published]:
     """Send (topic, key, value) records in order, acks=all; return where each one landed.
 
     The topics must exist (``streams.admin.ensure_topics``): the embedded broker
-    would auto-create an unknown one with 4 partitions.
+    would auto-create an unknown one with 4 partitions. ``partition_of(key, partition count)``
+    picks each record's partition; Kafka's default partitioner (murmur2 of the key) when None.
     """
     from kafka import KafkaProducer
 
@@ -291,7 +293,15 @@ def publish(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]], 
         bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_in_flight_requests_per_connection=1
     )
     try:
-        sent = [(topic, key, value, producer.send(topic, key=key, value=value)) for topic, key, value in records]
+        counts: dict[str, int] = {}
+        sent = []
+        for topic, key, value in records:
+            partition = None
+            if partition_of is not None and key is not None:
+                if topic not in counts:
+                    counts[topic] = len(producer.partitions_for(topic))
+                partition = partition_of(key, counts[topic])
+            sent.append((topic, key, value, producer.send(topic, key=key, value=value, partition=partition)))
         producer.flush(timeout=30)
         result = []
         for topic, key, value, future in sent:
