@@ -51,7 +51,7 @@ from pipeline.config import Settings
 from streams import transport
 from streams.processor import BatchProcessor, BatchResult, Record, StateCache
 from streams.observability import WorkerMetrics
-from streams.runtime import LongLivedHeap, WorkerRuntime
+from streams.runtime import LongLivedHeap, Prepared, WorkerRuntime
 
 log = logging.getLogger("creditwatch.worker")
 
@@ -332,21 +332,19 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             result: BatchResult = processor.process(records, now)
             runtime.schedule(result.states.values(), now.date())
             prepared = runtime.prepare(result.updates, result.states, now)
-            values = prepared.values
-            unwritten.update(values)
+            unwritten.update(prepared.values)
             heap.after_batch()
             while committing and committing[0].task.done():
                 committing.popleft()
             while len(committing) >= COMMITS_IN_FLIGHT:
                 await committing.popleft().task
             commit = Commit(before=committing[-1] if committing else None)
-            commit.task = asyncio.create_task(commit_batch(stream, events, records, result, prepared, values,
-                                                           started, commit))
+            commit.task = asyncio.create_task(commit_batch(stream, events, records, result, prepared, started,
+                                                           commit))
             committing.append(commit)
 
     async def commit_batch(stream: CommitThenAckStream, events: list[Any], records: list[Record],
-                           result: BatchResult, prepared: Any, values: dict[str, bytes], started: float,
-                           commit: Commit) -> None:
+                           result: BatchResult, prepared: Prepared, started: float, commit: Commit) -> None:
         try:
             before = commit.before
             commit.before = None  # no chain of finished commits kept alive
@@ -356,8 +354,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             commit.stored.set()
             if before is not None:
                 await before.task  # its records go to the table first, and its offsets are acknowledged first
-            await write(values, result.partitions, result.dead_letters)
-            for customer_id, value in values.items():
+            await write(prepared.values, result.partitions, result.dead_letters)
+            for customer_id, value in prepared.values.items():
                 if unwritten.get(customer_id) is value:
                     del unwritten[customer_id]
             log_alerts(result.updates)

@@ -124,13 +124,28 @@ def store_rows(jobs: Iterable[PositionJob], now: datetime, ledger: LedgerConfig)
     snapshots: list[Any] = []
     for job in jobs:
         state, _ = codec.decode(job.record)
-        pos = position(state, today, ledger).to_json()
-        pos["risk_score"] = job.risk_score
-        positions[job.customer_id] = pos
+        positions[job.customer_id] = pos = position_row(state, today, ledger, job.risk_score)
         if job.snapshot:
             snapshots.append(RiskSnapshot.from_position(pos, now, risk_score=job.risk_score,
                                                         open_alerts=job.open_alerts))
     return positions, snapshots
+
+
+def position_row(state: Any, today: date, ledger: LedgerConfig, risk_score: float | None) -> dict[str, Any]:
+    """A customer's position as the store keeps it: ``Position.to_json`` and the model's risk score."""
+    row = position(state, today, ledger).to_json()
+    row["risk_score"] = risk_score
+    return row
+
+
+def store_batch(store: Any, ledger: LedgerConfig, updates: list[AlertUpdate], sinks: list[str],
+                jobs: list[PositionJob], now: datetime, events: list[Any] | None) -> None:
+    """One batch's store transaction: its alerts, the positions and snapshots of its jobs, its events.
+
+    Runs in the store writer's child process (``streams.store_writer``) or in a thread of the worker.
+    """
+    positions, snapshots = store_rows(jobs, now, ledger)
+    store.record(updates, sinks, positions, snapshots, None, events)
 
 
 @dataclass
@@ -232,16 +247,14 @@ class WorkerRuntime:
             values[customer_id] = value = self.table_value(record, today)
             jobs.append(PositionJob(customer_id, value, self._risk_score(record),
                                     len(record.risk.book.open_alerts()), snapshot))
+        risk_scores = {job.customer_id: job.risk_score for job in jobs} if updates else {}
         alerted: dict[str, Any] = {}
         for update in updates:
             customer_id = update.alert["customer_id"]
             if customer_id not in alerted:
                 record = records.get(customer_id)
-                found = None
-                if record is not None:
-                    found = position(record.ledger, today, self.settings.ledger).to_json()
-                    found["risk_score"] = self._risk_score(record)
-                alerted[customer_id] = found
+                alerted[customer_id] = None if record is None else position_row(
+                    record.ledger, today, self.settings.ledger, risk_scores[customer_id])
             self.feedback.annotate(update.alert, alerted[customer_id])
         return Prepared(updates, jobs, values, now)
 
@@ -268,7 +281,8 @@ class WorkerRuntime:
                 if self.writer is not None:
                     await self.writer.record(prepared.updates, list(self.sinks), prepared.jobs, prepared.now, events)
                 else:
-                    await asyncio.to_thread(self._record, prepared, events)
+                    await asyncio.to_thread(store_batch, self.store, self.settings.ledger, prepared.updates,
+                                            list(self.sinks), prepared.jobs, prepared.now, events)
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)
@@ -280,10 +294,6 @@ class WorkerRuntime:
                 log.warning("alert store is back; batch stored")
                 self.store_outage = False
             return
-
-    def _record(self, prepared: Prepared, events: list[Any] | None) -> None:
-        positions, snapshots = store_rows(prepared.jobs, prepared.now, self.settings.ledger)
-        self.store.record(prepared.updates, list(self.sinks), positions, snapshots, None, events)
 
     # --- reviewers' verdicts ------------------------------------------------------
 

@@ -52,10 +52,9 @@ def _open_store(url: str, parent: int, ledger: Any) -> None:
 
 
 def _record(updates: list[Any], sinks: list[str], jobs: list[Any], now: Any, events: list[Any] | None) -> None:
-    from streams.runtime import store_rows
+    from streams.runtime import store_batch
 
-    positions, snapshots = store_rows(jobs, now, _LEDGER)
-    _STORE.record(updates, sinks, positions, snapshots, None, events)
+    store_batch(_STORE, _LEDGER, updates, sinks, jobs, now, events)
 
 
 class StoreWriter:
