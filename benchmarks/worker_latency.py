@@ -36,7 +36,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from benchmarks.worker_throughput import (
-    bench_broker, bench_env, children_cpu, cpu_seconds, handled, rss_bytes, histogram_quantile, load_average, machine, metrics, new_prefix,
+    bench_broker, bench_env, children_cpu, cpu_seconds, handled, rss_bytes, histogram_buckets, histogram_quantile, load_average, machine, metrics, new_prefix,
     publish_lines, scratch, start_worker,
 )
 
@@ -166,15 +166,9 @@ def _hist_delta(after: dict[str, float], before: dict[str, float], name: str) ->
 
 def longest_bucket(values: dict[str, float], name: str) -> float | None:
     """Upper bound of the highest bucket of a Prometheus histogram that holds an observation (inf: above all)."""
-    import re
-
-    counts = sorted(
-        (float("inf") if m.group(1) == "+Inf" else float(m.group(1)), count) for key, count in values.items()
-        if (m := re.fullmatch(re.escape(name) + r'_bucket\{le="([^"]+)"\}', key))
-    )
     below = 0.0
     longest = None
-    for bound, count in counts:
+    for bound, count in histogram_buckets(values, name):
         if count > below:
             longest = bound
         below = count

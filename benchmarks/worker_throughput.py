@@ -195,12 +195,17 @@ def metrics(port: int) -> dict[str, float]:
     return dict(sums)
 
 
+def histogram_buckets(values: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of each bucket of a Prometheus histogram, ascending; +Inf as inf."""
+    return sorted(
+        (float(m.group(1)), count) for key, count in values.items()
+        if (m := re.fullmatch(re.escape(name) + r'_bucket\{le="([^"]+)"\}', key))
+    )
+
+
 def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
     """Upper bound of the bucket holding the q-quantile of a Prometheus histogram."""
-    buckets = sorted(
-        (float(m.group(1)), count) for key, count in values.items()
-        if (m := re.fullmatch(re.escape(name) + r'_bucket\{le="([^"]+)"\}', key)) and m.group(1) != "+Inf"
-    )
+    buckets = [(bound, count) for bound, count in histogram_buckets(values, name) if bound != float("inf")]
     total = values.get(f"{name}_count", 0)
     if not total:
         return None
