@@ -119,3 +119,29 @@ def test_a_bad_log_level_is_one_readable_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "creditwatch: error: CREDITWATCH_LOG_LEVEL='LOUD' is not one of DEBUG, INFO, WARNING, ERROR"], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("level", "clients"), [
+    ("DEBUG", "INFO"),  # group joins, assignments and table recovery: why a worker reads nothing
+    ("INFO", "WARNING"),
+    ("WARNING", "WARNING"),
+    ("ERROR", "ERROR"),
+])
+def test_the_kafka_clients_speak_at_info_only_when_the_worker_logs_at_debug(level, clients):
+    import logging
+
+    from streams.worker import quiet_logging
+
+    names = ("faust", "mode", "aiokafka", "kafka")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {name: logging.getLogger(name).level for name in names}
+    try:
+        quiet_logging(getattr(logging, level))
+        assert logging.getLevelName(root.level) == level
+        assert {name: logging.getLevelName(logging.getLogger(name).level) for name in names} == dict.fromkeys(
+            names, clients)
+    finally:
+        root.handlers[:], levels = saved[0], saved[2]
+        root.setLevel(saved[1])
+        for name, value in levels.items():
+            logging.getLogger(name).setLevel(value)
