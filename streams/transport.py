@@ -33,7 +33,7 @@
    had fetched every record while its table recovered, dropped them, and
    then sat idle at the end of each partition (``tests/test_transport.py``
    pins aiokafka's behaviour; ``tests/test_worker.py`` failed this way in 3
-   of about 110 runs).
+   of about 120 runs).
 
 The transport is registered under the URL scheme ``creditwatch-kafka://``.
 """

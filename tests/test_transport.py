@@ -61,7 +61,7 @@ def test_aiokafka_seek_to_committed_leaves_a_partition_without_a_commit_where_it
     In the worker, records faust fetched while it seeks are dropped; on a
     partition without a commit they were then skipped for good (a worker
     restarted right after a SIGKILL, before its first commit, processed
-    nothing; ``tests/test_worker.py``, 3 of about 110 runs).
+    nothing; ``tests/test_worker.py``, 3 of about 120 runs).
     """
     topic = unique_prefix + "seek"
     ensure_topics(broker.bootstrap, {topic: 3})
