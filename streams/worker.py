@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("creditwatch.worker")
 
 
+#: Libraries whose loggers the worker keeps quiet (see quiet_logging).
+LIBRARY_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "venusian")
+
+
 class WorkerStartError(Exception):
     """The worker cannot start; the message is one line."""
 
@@ -36,7 +40,7 @@ def quiet_logging(level: int = logging.WARNING) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("faust", "mode", "aiokafka", "kafka", "venusian"):
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else max(level, logging.WARNING))
 
 

@@ -130,18 +130,18 @@ def test_a_bad_log_level_is_one_readable_line(tmp_path):
 def test_the_kafka_clients_speak_at_info_only_when_the_worker_logs_at_debug(level, clients):
     import logging
 
-    from streams.worker import quiet_logging
+    from streams.worker import LIBRARY_LOGGERS, quiet_logging
 
-    names = ("faust", "mode", "aiokafka", "kafka")
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, {name: logging.getLogger(name).level for name in names}
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
     try:
         quiet_logging(getattr(logging, level))
         assert logging.getLevelName(root.level) == level
-        assert {name: logging.getLevelName(logging.getLogger(name).level) for name in names} == dict.fromkeys(
-            names, clients)
+        assert {name: logging.getLevelName(logging.getLogger(name).level) for name in LIBRARY_LOGGERS} == (
+            dict.fromkeys(LIBRARY_LOGGERS, clients))
     finally:
-        root.handlers[:], levels = saved[0], saved[2]
-        root.setLevel(saved[1])
-        for name, value in levels.items():
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        for name, value in saved_levels.items():
             logging.getLogger(name).setLevel(value)
