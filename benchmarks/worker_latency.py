@@ -11,10 +11,16 @@ One run on a fresh embedded broker:
    warning alert) about a customer that has had none yet.
 3. Measured in the same run:
 
-   * end to end, for each legal event: the producer's send time → the
-     ``stored_at`` of the alert it raised (the worker's clock when it began
-     the store transaction that holds the alert; the commit follows within
-     the batch);
+   * end to end, for each legal event: the producer's send time → the first
+     moment a reader of the alert store sees the alert it raised (the store
+     is polled every 10 ms while the phase runs, so this includes the commit
+     and up to 10 ms of polling). The alert's own ``stored_at`` is the
+     worker's clock when its batch *began*, before the engine and the store
+     transaction, so it cannot show how long storing took;
+   * the share of all events whose batch was stored and confirmed within the
+     goal (the worker histogram has a bucket bound at exactly 250 ms), a
+     statistic over every event where the end-to-end p99 rests on the two
+     slowest of 200 alerts;
    * the worker's own histograms, for the steady window only:
      ``creditwatch_event_to_stored_seconds`` (broker timestamp of each event →
      its batch stored and the changelog confirmed) and, as the broker's share,
@@ -31,6 +37,7 @@ most of a core and starved the worker of the second core of this machine.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -138,26 +145,54 @@ def produce_steady(settings: Any, seconds: float, rate: int, today: date, phase:
     return sent_legal, n, time.monotonic() - started
 
 
-def alert_store_times(database_url: str) -> dict[str, float]:
-    """legal event_id → epoch seconds of ``stored_at`` of the legal_event alert that cites it."""
-    from sqlalchemy import create_engine, text
+class StoreWatcher:
+    """Polls the alert store every ``interval`` s; the epoch time each legal event's alert was first seen."""
 
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT event_ids, stored_at FROM alerts WHERE detector = 'legal_event'")).all()
-    finally:
-        engine.dispose()
-    stored: dict[str, float] = {}
-    for event_ids, stored_at in rows:
-        ids = json.loads(event_ids) if isinstance(event_ids, str) else event_ids
-        when = stored_at if isinstance(stored_at, datetime) else datetime.fromisoformat(str(stored_at))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        for event_id in ids:
-            stored[event_id] = when.timestamp()
-    return stored
+    def __init__(self, database_url: str, interval: float = 0.01):
+        self.database_url = database_url
+        self.interval = interval
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
+
+    def __enter__(self) -> "StoreWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.database_url)
+        query = text("SELECT alert_id, event_ids FROM alerts WHERE detector = 'legal_event'")
+        known: set[str] = set()
+        try:
+            with engine.connect() as connection:
+                while not self._stop.is_set():
+                    rows = connection.execute(query).all()
+                    connection.commit()  # a fresh snapshot on the next poll
+                    now = time.time()
+                    for alert_id, event_ids in rows:
+                        if alert_id in known:
+                            continue
+                        known.add(alert_id)
+                        for event_id in json.loads(event_ids) if isinstance(event_ids, str) else event_ids:
+                            self.seen.setdefault(event_id, now)
+                    self._stop.wait(self.interval)
+        finally:
+            engine.dispose()
+
+
+def share_within(values: dict[str, float], name: str, bound: float) -> float | None:
+    """The fraction of a histogram's observations at or below ``bound`` (which must be one of its bucket bounds)."""
+    total = values.get(f"{name}_count", 0)
+    for upper, count in histogram_buckets(values, name):
+        if upper == bound:
+            return count / total if total else None
+    raise ValueError(f"{bound} is not a bucket bound of {name}")
 
 
 def _hist_delta(after: dict[str, float], before: dict[str, float], name: str) -> dict[str, float]:
@@ -184,14 +219,15 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
     cpu0 = cpu_seconds(worker.pid)
     children0 = children_cpu(worker.pid)
     broker_cpu0 = cpu_seconds(broker.pid) if broker.pid else 0.0
-    sent_legal, sent, took = produce_steady(settings, seconds, rate, today, phase, first_legal, mix)
-    produced_at = time.monotonic()
-    deadline = produced_at + 900
-    while handled(metrics(port)) < already + sent:
-        if time.monotonic() > deadline or not worker.alive():
-            raise RuntimeError(f"steady events not processed; stderr:\n{worker.stderr_tail()}")
-        time.sleep(0.2)
-    drained = time.monotonic()
+    with StoreWatcher(settings.resolved_database_url) as watcher:
+        sent_legal, sent, took = produce_steady(settings, seconds, rate, today, phase, first_legal, mix)
+        produced_at = time.monotonic()
+        deadline = produced_at + 900
+        while handled(metrics(port)) < already + sent or not set(sent_legal) <= set(watcher.seen):
+            if time.monotonic() > deadline or not worker.alive():
+                raise RuntimeError(f"steady events not processed; stderr:\n{worker.stderr_tail()}")
+            time.sleep(0.2)
+        drained = time.monotonic()
     result = {
         "rate": rate, "mix": mix, "sent": sent, "took": took, "legal": sent_legal, "drain": drained - produced_at,
         "cpu": cpu_seconds(worker.pid) - cpu0,
@@ -205,6 +241,7 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
     result["to_agent"] = _hist_delta(after, before, "creditwatch_event_to_agent_seconds")
     result["loop_lag"] = _hist_delta(after, before, LOOP_LAG)
     result["handled"] = already + sent
+    result["e2e"] = [watcher.seen[eid] - sent_at for eid, sent_at in sent_legal.items() if eid in watcher.seen]
     return result
 
 
@@ -244,9 +281,6 @@ def run(quick: bool = False) -> str:
                     done, legal = result["handled"], legal + len(result["legal"])
             finally:
                 worker.terminate()
-            stored = alert_store_times(settings.resolved_database_url)
-        for result in mine:
-            result["e2e"] = [stored[eid] - sent_at for eid, sent_at in result["legal"].items() if eid in stored]
         results += mine
     startup = max(startups)
 
@@ -261,6 +295,9 @@ def run(quick: bool = False) -> str:
 
     def q(values: list[float], p: float) -> float | None:
         return quantile(values, p) if values else None
+
+    def percent(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1%}"
 
     rows = [
         "## Event-to-alert-stored latency at a steady rate",
@@ -278,9 +315,13 @@ def run(quick: bool = False) -> str:
         "",
         *[f"- *{mix}* mix: {text}." for mix, text in MIXES.items()],
         "",
-        "End to end = producer send → the alert's `stored_at` (the worker's clock when it began the store "
-        "transaction holding the alert), for each court judgment. Worker histogram = "
-        f"`{name}` (broker timestamp → batch stored and changelog confirmed), every event, bucket upper bounds. "
+        "End to end = producer send → the alert first seen by a reader of the alert store (polled every 10 ms), "
+        "for each court judgment: the commit included. (Earlier versions of this section took the alert's "
+        "`stored_at`, which is the worker's clock when the batch *began*: that left out the engine and the store "
+        "transaction.) Worker histogram = "
+        f"`{name}` (broker timestamp → batch stored and changelog confirmed), every event, bucket upper bounds; "
+        f"within {GOAL_P99_MS} ms = the share of every event of the phase that got there within the goal (a "
+        "bucket bound of the histogram), the p99 over all events rather than over 200 alerts. "
         f"Broker's share = `{to_agent}` (broker timestamp → the event's batch reaches the worker's agent: the broker, "
         "the fetch and faust's queues), every event, bucket upper bounds; measured by the worker itself, because "
         "on Tansu a second consumer costs the broker CPU that grows with the log (see the broker fetch cost section). "
@@ -288,8 +329,8 @@ def run(quick: bool = False) -> str:
         "timer: the longest stretches it was busy with one step while fetched events waited), bucket upper bounds. "
         "Broker CPU: the Tansu process's CPU seconds from the first send until the worker had drained.",
         "",
-        "| rate sent | mix | events | end to end p50 / p99 / max ms (samples) | worker histogram p50 / p99 ms | broker's share p50 / p99 ms | event loop held p99 / longest ms | worker behind at the end | worker CPU s (share of one core, send → drained) | its child processes' CPU s (share) | broker CPU s (share) | load average start → end |",
-        "| ---: | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        f"| rate sent | mix | events | end to end p50 / p99 / max ms (samples) | worker histogram p50 / p99 ms | events within {GOAL_P99_MS} ms | broker's share p50 / p99 ms | event loop held p99 / longest ms | worker behind at the end | worker CPU s (share of one core, send → drained) | its child processes' CPU s (share) | broker CPU s (share) | load average start → end |",
+        "| ---: | --- | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for result in results:
         e2e = result["e2e"]
@@ -299,6 +340,7 @@ def run(quick: bool = False) -> str:
             f"| {result['sent'] / result['took']:,.0f}/s | {result['mix']} | {result['sent']:,} | "
             f"{ms(q(e2e, 0.5))} / **{ms(q(e2e, 0.99))}** / {ms(max(e2e) if e2e else None)} ({len(e2e)} of {len(result['legal'])}) | "
             f"{bound(histogram_quantile(result['hist'], name, 0.5))} / {bound(histogram_quantile(result['hist'], name, 0.99))} | "
+            f"{percent(share_within(result['hist'], name, GOAL_P99_MS / 1000))} | "
             f"{bound(histogram_quantile(result['to_agent'], to_agent, 0.5))} / "
             f"{bound(histogram_quantile(result['to_agent'], to_agent, 0.99))} | "
             f"{bound(histogram_quantile(result['loop_lag'], LOOP_LAG, 0.99))} / {bound(longest_bucket(result['loop_lag'], LOOP_LAG))} | "
@@ -311,14 +353,17 @@ def run(quick: bool = False) -> str:
     for result in results:
         if result["rate"] == RATE:
             p99 = q(result["e2e"], 0.99)
-            met = p99 is not None and p99 * 1000 < GOAL_P99_MS
-            verdicts.append(f"{result['mix']} mix: " + (f"**met** (p99 {ms(p99)} ms)" if met else
-                                                         f"**not met** (p99 {ms(p99)} ms)"))
+            within = share_within(result["hist"], name, GOAL_P99_MS / 1000)
+            met = (p99 is not None and p99 * 1000 < GOAL_P99_MS and len(result["e2e"]) == len(result["legal"])
+                   and within is not None and within >= 0.99)
+            verdicts.append(f"{result['mix']} mix: **{'met' if met else 'not met'}** (alerts' p99 {ms(p99)} ms; "
+                            f"{percent(within)} of all events within {GOAL_P99_MS} ms)")
     rows += [
         "",
         "\"Worker behind at the end\": how long after the producer stopped the worker had handled every event "
         "(0 when it kept up). "
-        f"Goal p99 < {GOAL_P99_MS} ms at 1,000 events/s: " + "; ".join(verdicts) + ".",
+        f"Goal p99 < {GOAL_P99_MS} ms at 1,000 events/s, read here as both the alerts' p99 and at least 99 % of "
+        "all events within it: " + "; ".join(verdicts) + ".",
         "",
         "Worker RSS from the first send to drained (the worker's process; its garbage collector leaves the state "
         "frozen between full collections every 10 minutes): "

@@ -41,11 +41,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Iterable, Mapping
 
 import faust
 from aiokafka.partitioner import murmur2
 from faust.stores import rocksdb as faust_rocksdb  # the module imports without rocksdict; the store needs it
+from faust.types import TP
 
 from pipeline.config import Settings
 from streams import transport
@@ -119,23 +120,52 @@ class CustomerTable(faust.Table):
 
     faust picks the changelog partition from the *current event*, which does not
     exist inside a ``take_events`` batch; the agent tells the table the source
-    partition of each key it writes instead. It also keeps the futures of the
-    changelog writes so the agent can wait for the broker's acknowledgement.
+    partition of each key it writes instead, and writes a batch's records
+    through ``write_through``, which returns the futures of their changelog
+    sends so the agent can wait for the broker's acknowledgement.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.source_partition: dict[bytes, int] = {}
-        self.unconfirmed: list[asyncio.Future] = []
 
     def partition_for_key(self, key: Any) -> int:
         partition = self.source_partition.get(key)
         return partition if partition is not None else key_partition(key, self.partitions or 1)
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        future = super().send_changelog(*args, **kwargs)
-        self.unconfirmed.append(future)
-        return future
+    async def write_through(self, values: Mapping[bytes, bytes]) -> list[Awaitable[Any]]:
+        """Set each key, and hand its changelog record straight to the producer; the futures of the sends.
+
+        ``table[key] = value`` queues the changelog record in faust's producer
+        buffer, which one task drains record by record, and faust's conductor
+        holds every incoming message while that buffer holds more than 100
+        records (``wait_until_ebb``, a timed wait per record). A batch writes
+        one record per customer it touched, often hundreds: the stream stalled
+        behind its own writes, and the records went out over several produce
+        requests. Here they go into the Kafka client's batches in one pass.
+        Same records, partitions and order as ``table[key] = value``.
+        """
+        producer = self.app.producer
+        topic = self.changelog_topic.get_topic_name()
+        store = self.data
+        on_set = self._sensor_on_set
+        sent = []
+        for key, value in values.items():
+            sent.append(await producer.send(topic, key, value, self.partition_for_key(key), None, None))
+            store[key] = value
+            on_set(self, key, value)
+        return sent
+
+    def persisted(self, confirmed: Iterable[Any]) -> None:
+        """Record the changelog offsets the broker confirmed (faust's ``_on_changelog_sent``, per partition once):
+        a RocksDB store reads the last of them at start-up to know what it already holds."""
+        last: dict[int, int] = {}
+        for metadata in confirmed:
+            if metadata is not None and metadata.offset > last.get(metadata.partition, -1):
+                last[metadata.partition] = metadata.offset
+        topic = self.changelog_topic.get_topic_name()
+        for partition, offset in last.items():
+            self.data.set_persisted_offset(TP(topic, partition), offset)
 
     def _new_store_by_url(self, url: Any) -> Any:
         if not str(url).startswith("rocksdb:"):
@@ -286,20 +316,23 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
 
     async def write(values: dict[str, bytes], partitions: dict[str, int], letters: list) -> None:
         """The records into the Table and the dead letters; returns when the broker has confirmed them."""
+        keyed = {}
         for customer_id, value in values.items():
             key = customer_id.encode()
             partition = partitions.get(customer_id)
             if partition is not None:
                 table.source_partition[key] = partition
-            table[key] = value
+            keyed[key] = value
+        changelog = await table.write_through(keyed)
         table.source_partition.clear()
-        confirmations = table.unconfirmed
-        table.unconfirmed = []
+        confirmations = []
         for letter in letters:
             log.warning("dead-lettered: %s", letter.reason, extra={
                 "topic": letter.record.topic, "partition": letter.record.partition, "offset": letter.record.offset})
             confirmations.append(await deadletter.send(key=letter.record.key, value=letter.record.value or b"",
                                                        headers=letter.headers()))
+        if changelog:
+            table.persisted(await asyncio.gather(*changelog))
         if confirmations:
             await asyncio.gather(*confirmations)
 
