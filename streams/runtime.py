@@ -11,9 +11,11 @@ Order of the steps for a batch, and why:
    customer's record bytes (the ones the Table gets) with the few figures
    only the worker knows (risk score, open alerts, whether today's risk
    snapshot is due).
-3. ``store_prepared`` — positions and snapshots are computed from those
-   bytes by the store writer (``store_rows``: off the worker's GIL when it
-   is a child process), then alerts, their outbox rows, positions and risk
+3. ``store_prepared`` — positions and snapshots are computed by the store
+   writer (``store_rows``: off the worker's GIL when it is a child process)
+   from its own copy of each customer's ledger, brought up to date with the
+   batch's events and checked against the record's revision, or else from
+   the record's bytes; then alerts, their outbox rows, positions and risk
    snapshots are committed to the store in one transaction. If the store is
    down the batch waits here (retrying) and nothing after it happens, so no
    offset can be committed past an alert that is not stored.
@@ -33,6 +35,7 @@ import asyncio
 import heapq
 import logging
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Iterable, Mapping
@@ -43,7 +46,7 @@ from pipeline.clock import Clock, SystemClock
 from pipeline.config import LedgerConfig, Settings
 from pipeline import codec
 from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
-from pipeline.ledger import position
+from pipeline.ledger import apply, position
 
 log = logging.getLogger("creditwatch.worker")
 
@@ -95,6 +98,59 @@ class PositionJob:
     risk_score: float | None
     open_alerts: int
     snapshot: bool  # today's risk snapshot is due
+    revision: tuple[int, str, str] = (0, "", "")  # the ledger's (events applied, watermark, last event id)
+
+
+def ledger_revision(state: Any) -> tuple[int, str, str]:
+    """What tells two copies of a customer's ledger apart: events applied, watermark and the last event's id
+    (a copy that missed an event or applied another differs in at least one)."""
+    return state.events_applied, state.watermark, state.seen[-1] if state.seen else ""
+
+
+class LedgerReplicas:
+    """The store writer's own copies of recent customers' ledgers, so that a position needs no decode.
+
+    Decoding a record from its bytes (decompress, parse, rebuild the
+    allocation) cost the store writer more than the position itself. Each
+    batch carries the events the worker applied, so a copy from an earlier
+    batch is brought up to date by applying them: the same pure ledger code,
+    in the same order, gives the same ledger. The copy is used only when its
+    revision equals the one the worker reports for the record (a copy that
+    missed a batch, say after the customer's partition moved to another
+    worker and back, differs); otherwise the record's bytes are decoded, as
+    before. At most ``capacity`` copies, the least recently used dropped.
+    """
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = capacity
+        self._states: OrderedDict[str, Any] = OrderedDict()
+        self.hits = self.decoded = 0
+
+    def ledgers(self, jobs: Iterable[PositionJob], events: Iterable[Any] | None, config: LedgerConfig) -> Iterable[tuple[PositionJob, Any]]:
+        by_customer: dict[str, list[Any]] = {}
+        for event in events or ():
+            by_customer.setdefault(event.customer_id, []).append(event)
+        states = self._states
+        for job in jobs:
+            state = states.pop(job.customer_id, None)
+            if state is not None:
+                try:
+                    for event in by_customer.get(job.customer_id, ()):
+                        apply(state, event, config)
+                except Exception:  # noqa: BLE001 - a copy that cannot follow is dropped; the bytes are the truth
+                    state = None
+            if state is not None and ledger_revision(state) == job.revision:
+                self.hits += 1
+            else:
+                state, _ = codec.decode(job.record)
+                self.decoded += 1
+            states[job.customer_id] = state
+            if len(states) > self.capacity:
+                states.popitem(last=False)
+            yield job, state
+
+    def clear(self) -> None:
+        self._states.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +163,27 @@ class Prepared:
     now: datetime  # the batch's time: the positions' day, the snapshots' time
 
 
-def store_rows(jobs: Iterable[PositionJob], now: datetime, ledger: LedgerConfig) -> tuple[dict[str, Any], list[Any]]:
+def store_rows(jobs: Iterable[PositionJob], now: datetime, ledger: LedgerConfig, events: Iterable[Any] | None = None,
+               replicas: LedgerReplicas | None = None) -> tuple[dict[str, Any], list[Any]]:
     """The positions (``Position.to_json`` + risk score, by customer) and risk snapshots of a batch's customers.
 
-    Each ledger is decoded from the record bytes the Table gets, so this runs
-    wherever the store transaction runs (the store writer's child process by
-    default) and the worker's event loop does not pay for it. The codec
-    round-trips a ledger exactly, so the position is the one the worker's own
-    record gives (``tests/test_worker.py`` checks the stored positions
-    against the offline ledger).
+    This runs wherever the store transaction runs (the store writer's child
+    process by default), so the worker's event loop does not pay for it.
+    Each ledger comes from ``replicas`` (kept up to date with the batch's
+    ``events``) when its revision is the record's, else it is decoded from
+    the record bytes the Table gets. The codec round-trips a ledger exactly,
+    so either way the position is the one the worker's own record gives
+    (``tests/test_store_rows.py``; ``tests/test_worker.py`` checks the stored
+    positions against the offline ledger).
     """
     from sinks.store import RiskSnapshot
 
     today = now.date()
     positions: dict[str, Any] = {}
     snapshots: list[Any] = []
-    for job in jobs:
-        state, _ = codec.decode(job.record)
+    pairs = (replicas.ledgers(jobs, events, ledger) if replicas is not None
+             else ((job, codec.decode(job.record)[0]) for job in jobs))
+    for job, state in pairs:
         positions[job.customer_id] = pos = position_row(state, today, ledger, job.risk_score)
         if job.snapshot:
             snapshots.append(RiskSnapshot.from_position(pos, now, risk_score=job.risk_score,
@@ -139,12 +199,13 @@ def position_row(state: Any, today: date, ledger: LedgerConfig, risk_score: floa
 
 
 def store_batch(store: Any, ledger: LedgerConfig, updates: list[AlertUpdate], sinks: list[str],
-                jobs: list[PositionJob], now: datetime, events: list[Any] | None) -> None:
+                jobs: list[PositionJob], now: datetime, events: list[Any] | None,
+                replicas: LedgerReplicas | None = None) -> None:
     """One batch's store transaction: its alerts, the positions and snapshots of its jobs, its events.
 
     Runs in the store writer's child process (``streams.store_writer``) or in a thread of the worker.
     """
-    positions, snapshots = store_rows(jobs, now, ledger)
+    positions, snapshots = store_rows(jobs, now, ledger, events, replicas)
     store.record(updates, sinks, positions, snapshots, None, events)
 
 
@@ -204,6 +265,8 @@ class WorkerRuntime:
         self.deliverer: Any = None
         #: A streams.store_writer.StoreWriter when batches are stored by a child process; None: by a thread.
         self.writer: Any = None
+        #: The store's copies of ledgers when batches are stored by a thread (the child process keeps its own).
+        self.replicas = LedgerReplicas(settings.state_cache)
         self.store_outage = False
         from pipeline.feedback import FeedbackModel
 
@@ -246,7 +309,7 @@ class WorkerRuntime:
                 memory["_snapshot"] = {"on": day}
             values[customer_id] = value = self.table_value(record, today)
             jobs.append(PositionJob(customer_id, value, self._risk_score(record),
-                                    len(record.risk.book.open_alerts()), snapshot))
+                                    len(record.risk.book.open_alerts()), snapshot, ledger_revision(record.ledger)))
         risk_scores = {job.customer_id: job.risk_score for job in jobs} if updates else {}
         alerted: dict[str, Any] = {}
         for update in updates:
@@ -282,7 +345,7 @@ class WorkerRuntime:
                     await self.writer.record(prepared.updates, list(self.sinks), prepared.jobs, prepared.now, events)
                 else:
                     await asyncio.to_thread(store_batch, self.store, self.settings.ledger, prepared.updates,
-                                            list(self.sinks), prepared.jobs, prepared.now, events)
+                                            list(self.sinks), prepared.jobs, prepared.now, events, self.replicas)
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)

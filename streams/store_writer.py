@@ -2,8 +2,9 @@
 
 A batch's store transaction (alert upserts, outbox rows, positions, snapshots,
 events; ``AlertStore.record``) and the positions and snapshots it stores
-(``streams.runtime.store_rows``, from the records' Table bytes) are ledger,
-SQLAlchemy and JSON work: in a thread of the
+(``streams.runtime.store_rows``, from the child's own copies of the ledgers,
+kept up to date with each batch's events, or from the records' Table bytes)
+are ledger, SQLAlchemy and JSON work: in a thread of the
 worker it holds the GIL that the engine and faust need, and it was a sixth to
 a third of the worker's CPU. In a child process it runs on another core while
 the worker works on the next batch (streams.app commits a batch while the next
@@ -31,17 +32,20 @@ from typing import Any
 
 _STORE: Any = None
 _LEDGER: Any = None
+_REPLICAS: Any = None
 
 
-def _open_store(url: str, parent: int, ledger: Any) -> None:
-    global _STORE, _LEDGER
+def _open_store(url: str, parent: int, ledger: Any, replicas: int) -> None:
+    global _STORE, _LEDGER, _REPLICAS
     from sinks.store import AlertStore
     from streams.delivery import die_with_parent
+    from streams.runtime import LedgerReplicas
 
     if not die_with_parent(parent):
         os._exit(0)
     _STORE = AlertStore(url)
     _LEDGER = ledger
+    _REPLICAS = LedgerReplicas(replicas)
 
     def exit_with_parent() -> None:
         while os.getppid() == parent:
@@ -54,17 +58,18 @@ def _open_store(url: str, parent: int, ledger: Any) -> None:
 def _record(updates: list[Any], sinks: list[str], jobs: list[Any], now: Any, events: list[Any] | None) -> None:
     from streams.runtime import store_batch
 
-    store_batch(_STORE, _LEDGER, updates, sinks, jobs, now, events)
+    store_batch(_STORE, _LEDGER, updates, sinks, jobs, now, events, _REPLICAS)
 
 
 class StoreWriter:
     """``AlertStore.record`` of the worker's batches, one at a time, in a child process."""
 
-    def __init__(self, url: str, ledger: Any):
-        """``ledger``: the worker's ``LedgerConfig`` (the positions are computed with it)."""
+    def __init__(self, url: str, ledger: Any, replicas: int = 100_000):
+        """``ledger``: the worker's ``LedgerConfig`` (the positions are computed with it); ``replicas``: how many
+        customers' ledgers the child keeps to compute positions without decoding (``LedgerReplicas``)."""
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
-            initializer=_open_store, initargs=(url, os.getpid(), ledger),
+            initializer=_open_store, initargs=(url, os.getpid(), ledger, replicas),
         )
 
     async def record(self, updates: list[Any], sinks: list[str], jobs: list[Any], now: Any,
