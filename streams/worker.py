@@ -183,7 +183,8 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     if settings.store_writer == "process":
         from streams.store_writer import StoreWriter
 
-        runtime.writer = StoreWriter(settings.resolved_database_url, settings.ledger, settings.state_cache)
+        runtime.writer = StoreWriter(settings.resolved_database_url, settings.ledger, settings.state_cache,
+                                    settings.gc_full_interval_s)
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings, runtime, tick_interval_s=settings.tick_interval_s, metrics=metrics)
 

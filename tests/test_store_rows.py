@@ -139,3 +139,30 @@ def test_the_ledger_copies_are_bounded_and_drop_the_least_recently_used(runtime)
         assert positions == _expected(runtime, touched, now)
         assert len(replicas._states) <= 4
         assert list(replicas._states)[-1] == prepared.jobs[-1].customer_id
+
+
+def test_the_store_writer_child_freezes_its_long_lived_ledger_copies_after_each_batch(runtime, tmp_path):
+    # Its full collections walked every ledger copy: 0.1-0.25 s every few seconds, with a batch waiting.
+    import asyncio
+    import gc
+
+    from sinks.store import AlertStore, upgrade_database
+    from streams.store_writer import StoreWriter
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade_database(url)
+    writer = StoreWriter(url, runtime.settings.ledger, replicas=100, gc_full_interval_s=600)
+    try:
+        assert writer._pool.submit(gc.get_freeze_count).result() == 0  # a fresh child: nothing frozen yet
+        touched, applied, now = next(iter(_batches()))
+        runtime.schedule(touched.values(), now.date())
+        prepared = runtime.prepare([], touched, now)
+        asyncio.run(writer.record([], [], prepared.jobs, prepared.now, applied))
+        assert writer._pool.submit(gc.get_freeze_count).result() > 0
+    finally:
+        writer.close()
+    store = AlertStore(url)
+    try:
+        assert all(store.get_position(customer_id) is not None for customer_id in touched)  # and it was stored
+    finally:
+        store.close()
