@@ -73,7 +73,12 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """The machine and how fast it runs now: the same model name has run 1.6-2.7× apart between sessions."""
+    from benchmarks.backtest_speed import ISSUE_JSON_LOADS_US, calibrate
+
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; `json.loads` of a small "
+            f"event {calibrate():.1f} µs when the section was written (the issue measured "
+            f"{ISSUE_JSON_LOADS_US:.0f} µs on its machine)")
 
 
 def cpu_seconds(pid: int) -> float:
