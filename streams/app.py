@@ -383,7 +383,9 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
             commit.before = None  # no chain of finished commits kept alive
             if before is not None:
                 await before.stored.wait()
+            storing = time.perf_counter()
             await runtime.store_prepared(prepared, result.applied)
+            metrics.store_seconds.observe(time.perf_counter() - storing)
             commit.stored.set()
             if before is not None:
                 await before.task  # its records go to the table first, and its offsets are acknowledged first

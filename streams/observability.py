@@ -51,6 +51,12 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram("creditwatch_batch_seconds", "Time to process one batch",
                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.store_seconds = Histogram(
+            "creditwatch_batch_store_seconds",
+            "Time for one batch's store transaction (alerts, outbox, positions, snapshots, events), waits for a store"
+            " outage included; a batch waits for the one before it is stored, so a slow one holds those behind it",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60), registry=r,
+        )
         self.lag = Gauge("creditwatch_consumer_lag", "Messages behind the end of each input partition",
                          ["topic", "partition"], registry=r)
         self.alerts = Counter("creditwatch_alerts_total", "Alert updates, by detector, severity and change",

@@ -101,6 +101,8 @@ def test_metrics_count_events_dead_letters_alerts_and_deliveries_as_the_store_an
     assert "creditwatch_model_roc_auc" in found
     # The event loop's lateness is sampled all along (a 50 ms timer: at least a few samples a second).
     assert total(found, "creditwatch_event_loop_lag_seconds_count") >= 10
+    # Each batch's store transaction is timed: where the batches wait when the store is slow.
+    assert total(found, "creditwatch_batch_store_seconds_count") == total(found, "creditwatch_batch_seconds_count") > 0
     assert total(found, "creditwatch_table_restores_total") >= 1  # one at start; a slow heartbeat may add a rebalance
 
     # Log lines carry the context fields as key=value.
