@@ -51,6 +51,9 @@ RATE = 1_000
 SECONDS = 40
 LOW_RATE, LOW_SECONDS = 100, 30
 CUSTOMERS = 2_000
+#: Each mix runs this many times, interleaved: on 2 shared cores one run's tail moved 3× from one run to the
+#: next, so the goal counts as met only if every round meets it.
+ROUNDS = 2
 LEGAL_EVERY = 200
 GOAL_P99_MS = 250
 LOOP_LAG = "creditwatch_event_loop_lag_seconds"
@@ -253,10 +256,12 @@ def run(quick: bool = False) -> str:
     # Each mix on a fresh broker and worker: the embedded broker's cost grows with its logs (broker fetch cost
     # section), so a mix run after another would meet a slower broker. The low rate follows the growing mix.
     runs = [("growing", [(RATE, seconds), (LOW_RATE, low_seconds)]), ("balanced", [(RATE, seconds)])]
+    runs = [(mix, phases, round_number) for round_number in range(1, (1 if quick else ROUNDS) + 1)
+            for mix, phases in runs]
     started_text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
     startups = []
-    for mix, phases in runs:
+    for mix, phases, round_number in runs:
         with bench_broker() as broker, scratch("latency") as folder:
             port = free_port()
             env = bench_env(broker, folder, new_prefix(), "latency", CREDITWATCH_HEALTH_PORT=port)
@@ -277,12 +282,14 @@ def run(quick: bool = False) -> str:
                 for phase, (rate, phase_seconds) in enumerate(phases):
                     result = measure_phase(settings, worker, port, broker, rate, phase_seconds, today, phase, legal,
                                            done, mix)
+                    result["round"] = round_number
                     mine.append(result)
                     done, legal = result["handled"], legal + len(result["legal"])
             finally:
                 worker.terminate()
         results += mine
     startup = max(startups)
+    rounds = max(result["round"] for result in results)
 
     name = "creditwatch_event_to_stored_seconds"
     to_agent = "creditwatch_event_to_agent_seconds"
@@ -309,7 +316,8 @@ def run(quick: bool = False) -> str:
         "A producer sends live events at a steady rate (invoices, payments, and one court judgment in "
         f"{LEGAL_EVERY}, each raising a warning alert). In one run, each mix below on a broker and worker of its "
         "own (the embedded broker gets slower as its logs grow: broker fetch cost section): 1,000 events/s (the "
-        "goal's rate), then, for the growing mix, a low rate on the grown ledgers. "
+        "goal's rate), then, for the growing mix, a low rate on the grown ledgers; the mixes take turns, "
+        f"{rounds} round{'s' if rounds > 1 else ''} of each. "
         f"Machine: {machine()} (2 cores shared with other work: the broker, the producer and the worker's child "
         "processes run on them too).",
         "",
@@ -337,7 +345,7 @@ def run(quick: bool = False) -> str:
         span = result["took"] + result["drain"]
         broker_cpu = "—" if result["broker_cpu"] is None else f"{result['broker_cpu']:.1f} ({result['broker_cpu'] / span:.2f})"
         rows.append(
-            f"| {result['sent'] / result['took']:,.0f}/s | {result['mix']} | {result['sent']:,} | "
+            f"| {result['sent'] / result['took']:,.0f}/s | {result['mix']}, round {result['round']} | {result['sent']:,} | "
             f"{ms(q(e2e, 0.5))} / **{ms(q(e2e, 0.99))}** / {ms(max(e2e) if e2e else None)} ({len(e2e)} of {len(result['legal'])}) | "
             f"{bound(histogram_quantile(result['hist'], name, 0.5))} / {bound(histogram_quantile(result['hist'], name, 0.99))} | "
             f"{percent(share_within(result['hist'], name, GOAL_P99_MS / 1000))} | "
@@ -349,25 +357,31 @@ def run(quick: bool = False) -> str:
             f"{result['children_cpu']:.1f} ({result['children_cpu'] / span:.2f}) | {broker_cpu} | "
             f"{result['load_start']} → {result['load_end']} |"
         )
-    verdicts = []
+    by_mix: dict[str, list[tuple[bool, str]]] = {}
     for result in results:
         if result["rate"] == RATE:
             p99 = q(result["e2e"], 0.99)
             within = share_within(result["hist"], name, GOAL_P99_MS / 1000)
             met = (p99 is not None and p99 * 1000 < GOAL_P99_MS and len(result["e2e"]) == len(result["legal"])
                    and within is not None and within >= 0.99)
-            verdicts.append(f"{result['mix']} mix: **{'met' if met else 'not met'}** (alerts' p99 {ms(p99)} ms; "
-                            f"{percent(within)} of all events within {GOAL_P99_MS} ms)")
+            by_mix.setdefault(result["mix"], []).append(
+                (met, f"alerts' p99 {ms(p99)} ms, {percent(within)} of all events within {GOAL_P99_MS} ms"))
+    verdicts = []
+    for mix, rounds in by_mix.items():
+        missed = sum(1 for met, _ in rounds if not met)
+        verdict = "met" if not missed else "not met"
+        verdicts.append(f"{mix} mix: **{verdict}**" + (f", missed in {missed} of {len(rounds)} rounds" if missed else "")
+                        + f" ({'; '.join(text for _, text in rounds)})")
     rows += [
         "",
         "\"Worker behind at the end\": how long after the producer stopped the worker had handled every event "
         "(0 when it kept up). "
         f"Goal p99 < {GOAL_P99_MS} ms at 1,000 events/s, read here as both the alerts' p99 and at least 99 % of "
-        "all events within it: " + "; ".join(verdicts) + ".",
+        "all events within it, in every round: " + "; ".join(verdicts) + ".",
         "",
         "Worker RSS from the first send to drained (the worker's process; its garbage collector leaves the state "
         "frozen between full collections every 10 minutes): "
-        + "; ".join(f"{r['mix']} {r['rate']:,}/s {r['rss'][0] / 2**20:,.0f} → {r['rss'][1] / 2**20:,.0f} MiB"
+        + "; ".join(f"{r['mix']} (round {r['round']}) {r['rate']:,}/s {r['rss'][0] / 2**20:,.0f} → {r['rss'][1] / 2**20:,.0f} MiB"
                     for r in results) + ".",
     ]
     return "\n".join(rows)
