@@ -42,6 +42,7 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from benchmarks.backtest_speed import calibrate
 from benchmarks.worker_throughput import (
     bench_broker, bench_env, children_cpu, cpu_seconds, handled, rss_bytes, histogram_buckets, histogram_quantile, load_average, machine, metrics, new_prefix,
     publish_lines, scratch, start_worker,
@@ -217,8 +218,6 @@ def measure_phase(settings: Any, worker: Any, port: int, broker: Any, rate: int,
                   phase: int, first_legal: int, already: float, mix: str = "growing") -> dict[str, Any]:
     """Produce at ``rate`` for ``seconds`` into the running worker; wait until it handled everything."""
     before = metrics(port)
-    from benchmarks.backtest_speed import calibrate
-
     speed = calibrate()  # before the phase, while the worker idles: how fast the machine is right now
     load_start = load_average()
     rss0 = rss_bytes(worker.pid)
@@ -259,8 +258,8 @@ def run(quick: bool = False) -> str:
     # Each mix on a fresh broker and worker: the embedded broker's cost grows with its logs (broker fetch cost
     # section), so a mix run after another would meet a slower broker. The low rate follows the growing mix.
     runs = [("growing", [(RATE, seconds), (LOW_RATE, low_seconds)]), ("balanced", [(RATE, seconds)])]
-    runs = [(mix, phases, round_number) for round_number in range(1, (1 if quick else ROUNDS) + 1)
-            for mix, phases in runs]
+    rounds = 1 if quick else ROUNDS
+    runs = [(mix, phases, round_number) for round_number in range(1, rounds + 1) for mix, phases in runs]
     started_text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
     startups = []
@@ -292,7 +291,6 @@ def run(quick: bool = False) -> str:
                 worker.terminate()
         results += mine
     startup = max(startups)
-    rounds = max(result["round"] for result in results)
 
     name = "creditwatch_event_to_stored_seconds"
     to_agent = "creditwatch_event_to_agent_seconds"
@@ -370,11 +368,11 @@ def run(quick: bool = False) -> str:
             by_mix.setdefault(result["mix"], []).append(
                 (met, f"alerts' p99 {ms(p99)} ms, {percent(within)} of all events within {GOAL_P99_MS} ms"))
     verdicts = []
-    for mix, rounds in by_mix.items():
-        missed = sum(1 for met, _ in rounds if not met)
+    for mix, outcomes in by_mix.items():
+        missed = sum(1 for met, _ in outcomes if not met)
         verdict = "met" if not missed else "not met"
-        verdicts.append(f"{mix} mix: **{verdict}**" + (f", missed in {missed} of {len(rounds)} rounds" if missed else "")
-                        + f" ({'; '.join(text for _, text in rounds)})")
+        verdicts.append(f"{mix} mix: **{verdict}**" + (f", missed in {missed} of {len(outcomes)} rounds" if missed else "")
+                        + f" ({'; '.join(text for _, text in outcomes)})")
     rows += [
         "",
         "\"Worker behind at the end\": how long after the producer stopped the worker had handled every event "
