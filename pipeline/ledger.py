@@ -676,7 +676,7 @@ class _Book:
         "config", "alloc", "views", "open", "pass2", "pass2_max", "on_account_max", "named_last", "named_by",
         "sources", "counting", "issued", "adjusted", "credited", "written_off", "paid_amount", "paid_weighted",
         "by_issue", "by_settle", "min_close", "orphans", "held_reversals", "reversed_received",
-        "oldest_due", "dbt", "dbt_recent", "settle_due", "settle_late",
+        "oldest_due", "dbt", "dbt_recent", "settle_due", "settle_late", "settle_base",
     )
 
     def fill(self, state: CustomerState, alloc: Allocation, views: dict[str, InvoiceView], pass2: set[str],
@@ -715,6 +715,7 @@ class _Book:
         by_issue.sort()
         by_settle.sort()
         self.by_issue, self.by_settle = by_issue, by_settle
+        self.settle_base: int | None = None
         self.settle_due, self.settle_late = [ZERO], [ZERO]
         self.min_close = min(alloc.close_dates.values(), default=None)
         self.orphans = {iid for iid, inv in state.invoices.items() if inv.issue is None}
@@ -747,7 +748,12 @@ class _Book:
             by_settle = self.by_settle
             index = bisect_right(by_settle, item)
             by_settle.insert(index, item)
-            del self.settle_due[index + 1:], self.settle_late[index + 1:]
+            base = self.settle_base
+            if base is not None:
+                if index < base:
+                    self.settle_base = base + 1  # the sums from the anchor on are unchanged, one place later
+                else:
+                    del self.settle_due[index - base + 1:], self.settle_late[index - base + 1:]
             self.dbt = self.dbt_recent = _UNKNOWN
 
     def oldest_open_due(self) -> date | None:
@@ -775,23 +781,34 @@ class _Book:
     def _window_sums(self, window_start: date, as_of: date) -> tuple[Decimal, Decimal] | None:
         """``recent_sums`` by prefix sums: O(log n) instead of O(window); None when that would not be exact.
 
+        The prefix sums start at an anchor (``settle_base``: ``settle_due[k]`` is the sum over
+        ``by_settle[base:base + k]``), set at the first window after they were dropped. Windows only
+        move forward in a live ledger, and what retires settled long before the window, so retiring a
+        group moves the anchor instead of making every retained settlement be summed again.
+
         The difference of two exact prefix sums has the window sum's value (not always its exponent:
         only for callers that use the value). Every addition is checked for exactness, so a window whose
         sum the plain loop would have rounded falls back to that loop.
         """
         if getcontext().prec != _EXACT.prec:
             return None
-        by_settle, due, late = self.by_settle, self.settle_due, self.settle_late
+        by_settle = self.by_settle
         low = bisect_right(by_settle, window_start, key=_DAY)
         high = bisect_right(by_settle, as_of, key=_DAY)
+        base = self.settle_base
+        if base is None or low < base:
+            base = self.settle_base = low
+            self.settle_due, self.settle_late = [ZERO], [ZERO]
+        due, late = self.settle_due, self.settle_late
         try:
-            if len(due) <= high:
+            if len(due) + base <= high:
                 add = _EXACT.add
-                for index in range(len(due) - 1, high):
-                    _, _, amount, weighted = by_settle[index]
+                for index in range(len(due) - 1, high - base):
+                    _, _, amount, weighted = by_settle[base + index]
                     due.append(add(due[index], amount))
                     late.append(add(late[index], weighted))
-            return _EXACT.subtract(due[high], due[low]), _EXACT.subtract(late[high], late[low])
+            return (_EXACT.subtract(due[high - base], due[low - base]),
+                    _EXACT.subtract(late[high - base], late[low - base]))
         except Inexact:
             return None
 
@@ -1773,9 +1790,14 @@ def _book_retire(book: _Book, invoices: set[str], payments: dict[str, Payment], 
                  lambda view: view.invoice_id not in invoices)
     _drop_before(book.by_issue, bisect_right(book.by_issue, max(retired_issues)), lambda item: item[1] not in invoices)
     if retired_settles:
-        _drop_before(book.by_settle, bisect_right(book.by_settle, max(retired_settles), key=_DAY_ID),
-                     lambda item: item[1] not in invoices)
-    book.settle_due, book.settle_late = [ZERO], [ZERO]
+        by_settle = book.by_settle
+        end, count = bisect_right(by_settle, max(retired_settles), key=_DAY_ID), len(by_settle)
+        _drop_before(by_settle, end, lambda item: item[1] not in invoices)
+        base = book.settle_base
+        if base is not None and end <= base:
+            book.settle_base = base - (count - len(by_settle))  # all of them left from before the anchor
+        else:
+            book.settle_base, book.settle_due, book.settle_late = None, [ZERO], [ZERO]
     if payments:
         last_received = max(payment.receipt[4] for payment in payments.values())  # type: ignore[index]
         _drop_before(book.counting, bisect_right(book.counting, last_received, key=_DAY),

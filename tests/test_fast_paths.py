@@ -164,6 +164,40 @@ def test_days_beyond_terms_kept_by_the_book_agree_with_the_reference_as_days_pas
     assert checked > 0
 
 
+def test_prefix_sums_keep_their_anchor_when_old_settlements_retire_and_stay_exact(monkeypatch):
+    """As in a live replay, each answer is asked for on the day of the event, so the window only moves
+    forward. Retiring old settlements moves the prefix sums' anchor instead of dropping the sums (no
+    re-summing of everything retained), and every answer still equals the reference position's."""
+    monkeypatch.setattr(ledger, "COMPACT_ABOVE", 4)
+    # what retires settled before the window starts (as with the defaults: 180 days kept, a 90-day window)
+    config = LedgerConfig(fx_rates=dict(CONFIG.fx_rates), retention_days=30, dso_window_days=14)
+    kept_anchor = dropped = checked = 0
+    for seed in range(6):
+        state = new_state("C1")
+        # the odd seeds' events arrive up to 40 days late: backdated settlements land before the anchor
+        late = random.Random(seed).random if seed % 2 else (lambda: 0.0)
+        events = sorted(random_portfolio(seed, n_events=260),
+                         key=lambda event: event.occurred_at + timedelta(days=40 * late()))
+        today = None
+        for event in events:
+            book = ledger._book(state, config)
+            before = (book.settle_base, len(book.by_settle)) if book is not None else (None, 0)
+            try:
+                apply(state, event, config)
+            except ledger.LedgerRejected:
+                continue
+            book = ledger._book(state, config)
+            if book is not None and before[0] is not None and len(book.by_settle) < before[1]:
+                kept_anchor += book.settle_base is not None
+                dropped += book.settle_base is None
+            today = max(today or event.occurred_at.date(), event.occurred_at.date())
+            kept = ledger.figures(state, today, config).days_beyond_terms()
+            assert kept == _dbt(state, today, config)
+            checked += kept[1] is not None
+    assert checked > 100
+    assert kept_anchor > 0, (kept_anchor, dropped)
+
+
 def test_days_beyond_terms_fall_back_to_the_plain_sum_when_prefix_sums_would_round():
     """Amounts whose running sum needs more digits than Decimal's precision: the prefix sums would
     round, so the book sums the window itself and still answers exactly what the position says."""
