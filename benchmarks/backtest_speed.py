@@ -175,24 +175,29 @@ def run(quick: bool = False) -> str:
         "",
         f"Stream: the first {len(lines):,} events of `simulate(customers={customers:,}, days={days}, seed={SEED})` "
         f"(`pipeline.simulate`), {customers:,} customers, replayed by `run_backtest` with the default thresholds.",
-        f"Machine: {machine}. `json.loads` of a small event: **{speed:.1f} µs** now "
-        f"(the issue measured {ISSUE_JSON_LOADS_US:.0f} µs on this machine: it runs {slower:.1f}× as slow now).",
+        f"Machine: {machine}. `json.loads` of a small event: **{speed:.1f} µs** at the start "
+        f"(the issue measured {ISSUE_JSON_LOADS_US:.0f} µs on this machine: at the start it ran {slower:.1f}× as slow). "
+        "The shared machine's speed moves during a run, so each row is scaled by the calibration taken just "
+        "before and just after it (their mean).",
         "",
         "| run (same lines, one process) | events | ticks | alerts | CPU s | events/s (CPU, one core) "
-        "| events/s at the issue's machine speed | wall s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| `json.loads` µs before / after | events/s at the issue's machine speed | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     results = {}
     for mode, label in (("parse", "parse only (`parse_event`)"), ("rules", "rules only (all detectors, no models)"),
                         ("full", "**full engine** (all detectors + models)")):
+        before = calibrate()
         results[mode] = r = measure(lines, mode)
+        after = calibrate()
+        r["at_issue_speed"] = r["rate"] * (before + after) / 2 / ISSUE_JSON_LOADS_US
         out.append(f"| {label} | {r['events']:,} | {r['ticks']:,} | {r['alerts']:,} | {r['cpu']:.1f} | "
-                   f"{r['rate']:,.0f} | {r['rate'] * slower:,.0f} | {r['wall']:.1f} |")
+                   f"{r['rate']:,.0f} | {before:.1f} / {after:.1f} | {r['at_issue_speed']:,.0f} | {r['wall']:.1f} |")
     full = results["full"]
-    verdict = "meets" if full["rate"] * slower >= GOAL else "does **not** meet"
+    verdict = "meets" if full["at_issue_speed"] >= GOAL else "does **not** meet"
     out += [
         "",
-        f"Full engine: {full['rate']:,.0f} events/s of CPU ({full['rate'] * slower:,.0f} scaled to the issue's "
+        f"Full engine: {full['rate']:,.0f} events/s of CPU ({full['at_issue_speed']:,.0f} scaled to the issue's "
         f"machine speed): {verdict} the goal of {GOAL:,} events/s. "
         f"Progressive late-payment AUC of the run: {full['auc']}.",
         "",
