@@ -78,6 +78,10 @@ def test_migrations_go_down_to_empty_and_up_again(database_url):
     upgrade_database(database_url)
     check_schema_current(database_url)
 
+# The trigram search index is PostgreSQL's: migration 0006 creates it there only, and there it is compared.
+# On SQLite alembic cannot reflect an expression index and says so, skipping it: expected, not a finding.
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index "
+                            "'ix_customer_positions_search_trgm'; dialect 'sqlite':UserWarning")
 def test_migrations_and_models_describe_the_same_schema(migrated_database_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
