@@ -513,6 +513,16 @@ class TestCreditLimitReview:
         assert (finding.reasons[0].value, finding.reasons[0].threshold) == (37000.0, 50000.0)
         assert "rating_downgrade" in codes(finding)
 
+    def test_a_downgrade_counts_within_the_rating_lookback_only_whatever_order_the_ratings_arrived_in(self):
+        # the newer rating arrives first: the ledger keeps them in time order
+        events = [registered(limit=50000), invoice("I1", 20000), rating("2026-02-15", "BB", "0.03"),
+                  rating("2026-01-15", "BBB", "0.01")]
+        last_day = date(2026, 2, 15) + timedelta(days=180)
+        finding = run_detector(graded(CreditLimitReview), events, today=last_day)[0]
+        assert "rating_downgrade" in codes(finding)
+        later = run_detector(graded(CreditLimitReview), events, today=last_day + timedelta(days=1))
+        assert all("rating_downgrade" not in codes(f) for f in later)  # (the unpaid invoice may still cut)
+
     def test_each_risk_signal_cuts_another_quarter(self):
         events = [registered(limit=50000), invoice("I1", 20000, issued_on="2026-01-10"),
                   rating("2026-01-15", "BBB", "0.01"), rating("2026-02-15", "BB", "0.03")]

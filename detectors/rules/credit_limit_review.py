@@ -219,11 +219,8 @@ class CreditLimitReview(Detector):
         if not ratings:
             return None
         horizon = ctx.today - timedelta(days=self.options.rating_lookback_days)
-        for rating in ratings:
-            if stamp_day(rating[0]) >= horizon:
-                break
-        else:
-            return None  # every rating is older than the lookback: so is every downgrade
+        if stamp_day(ratings[-1][0]) < horizon:
+            return None  # the ledger keeps ratings in time order: every one is older than the lookback
         for day, reason in _downgrades(tuple(ratings)):
             if day >= horizon:
                 return reason
