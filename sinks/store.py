@@ -52,7 +52,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     exists,
@@ -461,12 +463,35 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
+def json_value(text: str | bytes) -> Any:
+    """A JSON column's value: orjson's parse (the outbox relay reads every delivery's payload, and the standard
+    decoder was a sixth of its time). What orjson refuses (``NaN`` written by an older version's standard
+    encoder) goes through the standard decoder, so every stored value still reads; so does text with a run of
+    19 digits or more, because orjson reads an integer beyond 64 bits as a float, silently inexact."""
+    if isinstance(text, str):
+        long_digits = _LONG_DIGITS.search(text)
+    else:
+        text = bytes(text)  # psycopg hands JSONB over as bytes
+        long_digits = _LONG_DIGITS_BYTES.search(text)
+    if long_digits:
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+
+
 def make_engine(url: str | URL, connect_timeout: float = 5.0) -> Engine:
     """An engine that fails fast instead of hanging, and serialises SQLite writers properly."""
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": connect_timeout}, json_serializer=json_text)
+        engine = create_engine(parsed, connect_args={"timeout": connect_timeout}, json_serializer=json_text,
+                               json_deserializer=json_value)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -490,7 +515,7 @@ def make_engine(url: str | URL, connect_timeout: float = 5.0) -> Engine:
     if backend == "postgresql":
         connect_args = {"connect_timeout": max(1, int(round(connect_timeout))), "application_name": "creditwatch"}
     return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_timeout=connect_timeout,
-                         json_serializer=json_text)
+                         json_serializer=json_text, json_deserializer=json_value)
 
 
 def _translate(problem: BaseException) -> StoreError | None:
@@ -717,6 +742,11 @@ def _alert_values(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "updated_at": _when(alert.get("updated_at")) or raised_at,
         "stored_at": now,
     }
+
+
+#: The columns of a stored alert that a higher revision may set (``_apply``).
+_APPLIED = ("severity", "severity_rank", "title", "reasons", "score", "event_ids", "revision", "updated_at",
+            "threshold_version", "feedback", "confirm_probability", "customer_name", "status")
 
 
 def _apply(row: Alert, values: Mapping[str, Any]) -> None:
@@ -989,8 +1019,11 @@ class AlertStore:
             rows.update(self._lock_alerts(session, [
                 alert_id for alert_id in sorted(first) if alert_id not in new or sinks or seen[alert_id] > 1]))
         # History rows as plain values, inserted in one statement: ORM objects cost more to build and to
-        # flush than the INSERT itself. (Every row names every column: one multi-row statement needs that.)
+        # flush than the INSERT itself. Into the table, not the entity: the ORM's bulk insert leaves out the
+        # keys whose value is None and starts a new statement whenever that set changes (a statement per
+        # row or two, here). The same for the changed alerts: one UPDATE of every column ``_apply`` sets.
         history: list[dict[str, Any]] = []
+        changed: dict[int, Alert] = {}
         deliveries: list[tuple[str, int, str, int, str, dict[str, Any]]] = []
         for change, values in batch:
             alert_id, revision = values["alert_id"], values["revision"]
@@ -1011,12 +1044,21 @@ class AlertStore:
                                     from_status=row.status, to_status="open", from_assignee=row.assignee,
                                     to_assignee=row.assignee, revision=revision, note=None))
                 _apply(row, values)
+                changed[row.id] = row
             if sinks:
                 assert row is not None
                 deliveries.append((alert_id, revision, "alert", 0, change,
                                    {"alert": alert_json(row), "status_change": None}))
         if history:
-            session.execute(insert(AlertHistory), history)
+            session.execute(insert(AlertHistory.__table__), history)
+        if changed:
+            table = Alert.__table__
+            statement = update(table).where(table.c.id == bindparam("row_id")).values(
+                {name: bindparam(f"new_{name}") for name in _APPLIED})
+            session.execute(statement, [{"row_id": row_id, **{f"new_{name}": getattr(row, name) for name in _APPLIED}}
+                                        for row_id, row in changed.items()])
+            for row in changed.values():
+                session.expunge(row)  # written above: the flush at commit must not write it again
         result.enqueued += self._enqueue(session, deliveries, sinks, now)
 
     def _lock_alerts(self, session: Session, alert_ids: list[str]) -> dict[str, Alert]:
@@ -1245,12 +1287,14 @@ class AlertStore:
     # --- the outbox -----------------------------------------------------------
 
     def due_deliveries(
-        self, now: datetime | None = None, limit: int = 100, lease: timedelta = timedelta(seconds=60)
+        self, now: datetime | None = None, limit: int = 100, lease: timedelta = timedelta(seconds=60),
+        sinks: Collection[str] | None = None, excluding: Collection[str] = (),
     ) -> list[Delivery]:
         """Claim up to ``limit`` due deliveries for ``lease`` (the next one per alert and sink, oldest first).
 
         A claimed delivery is not due again until the lease ends, so several
         workers can drain one outbox; one that dies leaves its claims to expire.
+        ``sinks`` claims only the deliveries to those sinks, ``excluding`` none of those to these.
         """
         now = self._now(now)
         earlier = aliased(DeliveryRow)
@@ -1266,14 +1310,19 @@ class AlertStore:
             .order_by(DeliveryRow.next_attempt_at, DeliveryRow.id)
             .limit(limit)
         )
+        if sinks is not None:
+            query = query.where(DeliveryRow.sink.in_(list(sinks)))
+        if excluding:
+            query = query.where(DeliveryRow.sink.not_in(list(excluding)))
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=DeliveryRow)
         with self._session(write=True) as session:
             rows = list(session.execute(query).scalars())
             if not rows:
                 return []
+            # (synchronize_session=False: the claimed rows' next_attempt_at is not read again in this session)
             session.execute(update(DeliveryRow).where(DeliveryRow.id.in_([r.id for r in rows]))
-                            .values(next_attempt_at=now + lease))
+                            .values(next_attempt_at=now + lease).execution_options(synchronize_session=False))
             pairs = {(r.alert_id, r.sink) for r in rows}
             refs: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for alert_id, sink, ref in session.execute(

@@ -439,10 +439,26 @@ def test_json_columns_take_a_nan_as_null_and_a_very_large_integer_exactly(alert_
     # orjson writes the JSON columns: NaN becomes null (PostgreSQL's JSONB rejects the NaN token), and an
     # integer beyond 64 bits, which orjson refuses, goes through the standard encoder.
     odd = {**position("C1", "2026-03-04", "52000.00"), "risk_score": float("nan"), "names": {"é✓": 1}}
-    alert_store.save_positions({"C1": odd, "C2": {**position("C2", "2026-03-04", "1.00"), "big": 2**70}})
+    big = 2**70 + 1  # not a float's value: read back as a float, it would differ
+    alert_store.save_positions({"C1": odd, "C2": {**position("C2", "2026-03-04", "1.00"), "big": big}})
     stored = alert_store.get_position("C1")
     assert stored["risk_score"] is None and stored["names"] == {"é✓": 1}
-    assert alert_store.get_position("C2")["big"] == 2**70
+    assert alert_store.get_position("C2")["big"] == big and type(alert_store.get_position("C2")["big"]) is int
+
+
+def test_json_columns_read_what_the_standard_encoder_wrote(alert_store):
+    # Rows written before orjson wrote the JSON columns (SQLite keeps a NaN token as written).
+    alert_store.save_positions({"C1": position("C1", "2026-03-04", "52000.00")})
+    if alert_store.dialect == "sqlite":
+        with alert_store.engine.begin() as connection:
+            connection.execute(text("UPDATE customer_positions SET position = :value WHERE customer_id = 'C1'"),
+                               {"value": '{"risk_score": NaN, "exposure": "52000.00", "n": 12345678901234567890123}'})
+        stored = alert_store.get_position("C1")
+        assert stored["risk_score"] != stored["risk_score"] and stored["n"] == 12345678901234567890123
+    from sinks.store import json_value
+
+    assert json_value(rb'{"a": [1, 2.5, null, "\u00e9"]}') == {"a": [1, 2.5, None, "é"]}
+    assert json_value('[NaN, 1]')[1] == 1 and json_value(b"98765432109876543210987") == 98765432109876543210987
 
 def test_risk_snapshots_build_a_customer_history_once_per_moment(alert_store):
     snaps = [RiskSnapshot.from_position(position("C1", "2026-03-0%d" % day, f"{day}000.00"),
