@@ -34,6 +34,10 @@ before that commit repeats the batch's deliveries to those sinks, no more.
 Rich sinks (``send``: Slack) stay one delivery, one mark: a repeated Slack
 post is seen by people, so the window in which a crash repeats one is kept to
 a single message, and each returns a reference that must be stored with it.
+So each run makes two claims: up to ``plain_batch`` (1000) deliveries to the
+plain sinks, whose cost is mostly the claim's and the mark's queries, and up
+to ``batch`` (100) to the others, which must be worked through one by one
+within the claim's lease.
 
 The sink protocol, extended
 ---------------------------
@@ -158,7 +162,11 @@ class OutboxDeliverer:
         batch: int = 100,
         lease: timedelta = timedelta(seconds=60),
         observe: Callable[[RunStats], None] | None = None,
+        plain_batch: int = 1000,
     ):
+        """``batch``: deliveries claimed per run for rich sinks (one send and one mark each: the claim must be
+        worked through within ``lease``); ``plain_batch``: for plain sinks (sent together, marked in one
+        transaction: a claim's cost is mostly its queries, so a large one costs less per delivery)."""
         #: Told each run's counts (the worker's /metrics); called on the delivering thread.
         self.observe = observe
         self.store = store
@@ -166,7 +174,11 @@ class OutboxDeliverer:
         self.clock = clock or SystemClock()
         self.backoff = backoff or Backoff()
         self.batch = batch
+        self.plain_batch = plain_batch
         self.lease = lease
+        #: The sinks whose deliveries are claimed by the plain batch: those without ``send``.
+        self.plain_sinks = sorted(name for name, sink in self.sinks.items() if getattr(sink, "send", None) is None)
+        self.more_due = False  # a claim of the last run was full: more may be due right away
         self.last = RunStats()
         self._outage = 0  # runs in a row that found the store unreachable
 
@@ -180,9 +192,18 @@ class OutboxDeliverer:
         stats = RunStats()
         plain: dict[str, list[Delivery]] = {}
         outcomes: list[str] = []
-        for delivery in self.store.due_deliveries(now, limit=self.batch, lease=self.lease):
-            sink = self.sinks.get(delivery.sink)
-            if sink is not None and getattr(sink, "send", None) is None and delivery.kind == "alert":
+        claimed: list[Delivery] = []
+        self.more_due = False
+        if self.plain_sinks:
+            claim = self.store.due_deliveries(now, limit=self.plain_batch, lease=self.lease, sinks=self.plain_sinks)
+            self.more_due = len(claim) >= self.plain_batch
+            claimed.extend(claim)
+        # Rich sinks, and sinks this worker does not have (kept for a worker that has them).
+        claim = self.store.due_deliveries(now, limit=self.batch, lease=self.lease, excluding=self.plain_sinks)
+        self.more_due = self.more_due or len(claim) >= self.batch
+        claimed.extend(claim)
+        for delivery in claimed:
+            if delivery.sink in self.plain_sinks and delivery.kind == "alert":
                 plain.setdefault(delivery.sink, []).append(delivery)
             else:
                 outcomes.append(self._attempt(delivery, now))
@@ -285,8 +306,7 @@ class OutboxDeliverer:
         if self._outage:
             log.warning("outbox resumed after the store came back")
             self._outage = 0
-        last = self.last
-        return 0.0 if last.delivered + last.failed + last.skipped >= self.batch else poll_interval
+        return 0.0 if self.more_due else poll_interval
 
     async def run_forever(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         """Deliver until ``stop`` is set; while the store is unreachable, wait and try again."""

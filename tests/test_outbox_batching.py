@@ -189,3 +189,31 @@ def test_kafka_deliver_many_reports_an_unreachable_broker_for_each_update():
     sink = KafkaAlertSink("127.0.0.1:1", "nowhere.alerts", timeout_s=2)
     outcomes = sink.deliver_many([update("al_1"), update("al_2")])
     assert len(outcomes) == 2 and all(isinstance(o, SinkError) for o in outcomes)
+
+
+def test_plain_sinks_are_claimed_in_large_batches_and_rich_sinks_in_small_ones(alert_store):
+    ids = [f"al_{n}" for n in range(6)]
+    alert_store.record([update(a) for a in ids], ["console", "slack"], now=T0)
+    console, slack = WatchingSink(alert_store, ids), WatchingThreadSink(alert_store, ids)
+    outbox = OutboxDeliverer(alert_store, {"console": console, "slack": slack}, clock=ManualClock(T0),
+                             backoff=Backoff(base=1, max_delay=300, jitter=0), batch=2, plain_batch=5)
+
+    assert outbox.run_once() == 5 + 2
+    assert [a for a, _ in console.seen] == ids[:5] and [a for a, _ in slack.seen] == ids[:2]
+    assert outbox.step() == 0.0  # both claims were full: more is due right away
+    assert (len(console.seen), len(slack.seen)) == (6, 4)
+    assert outbox.step() == 0.0  # the Slack claim was full again
+    assert outbox.step(poll_interval=0.5) == 0.5  # the last two Slack deliveries: no claim was full
+    assert statuses(alert_store, "console", ids) == ["delivered"] * 6
+    assert statuses(alert_store, "slack", ids) == ["delivered"] * 6
+
+
+def test_deliveries_to_a_sink_this_worker_lacks_are_kept_beside_the_plain_batch(alert_store):
+    alert_store.record([update("al_1")], ["console", "slack"], now=T0)
+    console = WatchingSink(alert_store, ["al_1"])
+    outbox = deliverer(alert_store, {"console": console})
+
+    assert outbox.run_once() == 1
+    assert outbox.last.failed == 1  # no Slack here: retried later, by a worker that has it
+    assert statuses(alert_store, "console", ["al_1"]) == ["delivered"]
+    assert statuses(alert_store, "slack", ["al_1"]) == ["pending"]
