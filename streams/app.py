@@ -72,6 +72,7 @@ class Commit:
     before: Commit | None = None
     stored: asyncio.Event = field(default_factory=asyncio.Event)
     task: Any = None
+    ticket: int | None = None  # its place in the order of stores (streams.store_writer), taken in batch order
 
 
 def stop_now(reason: str) -> None:
@@ -371,7 +372,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
                 committing.popleft()
             while len(committing) >= COMMITS_IN_FLIGHT:
                 await committing.popleft().task
-            commit = Commit(before=committing[-1] if committing else None)
+            commit = Commit(before=committing[-1] if committing else None,
+                            ticket=runtime.writer.ticket() if runtime.stores_in_turn else None)
             commit.task = asyncio.create_task(commit_batch(stream, events, records, result, prepared, started,
                                                            commit))
             committing.append(commit)
@@ -381,10 +383,13 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
         try:
             before = commit.before
             commit.before = None  # no chain of finished commits kept alive
-            if before is not None:
+            if before is not None and not runtime.stores_in_turn:
                 await before.stored.wait()
             storing = time.perf_counter()
-            await runtime.store_prepared(prepared, result.applied)
+            # With the child store writer the batch goes now: the child stores it in its turn, right after the
+            # one before (see streams.store_writer), instead of after the event loop saw that one stored.
+            await runtime.store_prepared(prepared, result.applied, commit.ticket,
+                                         before.stored if before is not None else None)
             metrics.store_seconds.observe(time.perf_counter() - storing)
             commit.stored.set()
             if before is not None:

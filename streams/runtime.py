@@ -331,21 +331,41 @@ class WorkerRuntime:
         await self.store_prepared(prepared, events)
         return prepared
 
-    async def store_prepared(self, prepared: Prepared, events: list[Any] | None = None) -> None:
+    @property
+    def stores_in_turn(self) -> bool:
+        """Whether the store keeps batches in order itself (the child store writer, by ticket): a batch may then
+        be sent before the one before it is stored; otherwise the caller must wait for that."""
+        return self.writer is not None
+
+    async def store_prepared(self, prepared: Prepared, events: list[Any] | None = None, ticket: int | None = None,
+                             previous: asyncio.Event | None = None) -> None:
         """Commit a prepared batch in one transaction; while the store is down, retry (the batch waits here).
 
-        The events feed the customer timeline in the web app; the store keeps each ``event_id`` once.
+        The events feed the customer timeline in the web app; the store keeps each ``event_id`` once. With
+        the child store writer, ``ticket`` is the batch's place in the order of stores (one is taken when not
+        given: the caller has nothing else in flight) and ``previous`` is set once the batch before is stored.
         """
         from sinks.store import StoreUnavailable
+        from streams.store_writer import OutOfTurn
 
+        if self.writer is not None and ticket is None:
+            ticket = self.writer.ticket()
         delay = 0.5
         while True:
             try:
                 if self.writer is not None:
-                    await self.writer.record(prepared.updates, list(self.sinks), prepared.jobs, prepared.now, events)
+                    await self.writer.record(ticket, prepared.updates, list(self.sinks), prepared.jobs, prepared.now,
+                                             events)
                 else:
                     await asyncio.to_thread(store_batch, self.store, self.settings.ledger, prepared.updates,
                                             list(self.sinks), prepared.jobs, prepared.now, events, self.replicas)
+            except OutOfTurn:
+                # The batch before failed (an outage) and is being retried: this one goes after it.
+                if previous is not None:
+                    await previous.wait()
+                else:
+                    await asyncio.sleep(0.01)
+                continue
             except StoreUnavailable as problem:
                 if not self.store_outage:
                     log.error("alert store unavailable, holding the batch until it is back: %s", problem)

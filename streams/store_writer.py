@@ -13,6 +13,16 @@ still waits for the commit before it acknowledges the batch, and the child
 raises ``StoreUnavailable`` back to the worker's retry loop during an outage,
 exactly as the thread did.
 
+The worker does not wait for a batch to be stored before it sends the next
+one: each batch gets a ticket, in batch order, and the child stores a batch
+only in its turn (the ticket after the last one it stored). A batch out of
+turn, which can only happen after an outage failed the one before it, is
+refused with ``OutOfTurn`` and sent again once the one before it is stored.
+So the stores stay in batch order, while the child always has the next batch
+waiting instead of waiting for the worker's event loop to notice that the
+last one was stored and to send the next (which held each store for as long
+as the engine held the loop, and made the store writer the worker's bottleneck).
+
 The child dies with the worker (a worker killed with SIGKILL leaves no writer
 behind): the kernel signals it when its parent dies (``streams.delivery.die_with_parent``,
 as for the delivery child), and where it cannot, it checks every second. If the child
@@ -23,6 +33,7 @@ batch (crash-only, as for any failed batch); its restart replays the batch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import threading
@@ -34,6 +45,11 @@ _STORE: Any = None
 _LEDGER: Any = None
 _REPLICAS: Any = None
 _HEAP: Any = None
+_STORED = -1  # the ticket of the last batch stored
+
+
+class OutOfTurn(Exception):
+    """A batch reached the store writer before the batch before it was stored (that one failed and is retried)."""
 
 
 def _open_store(url: str, parent: int, ledger: Any, replicas: int, gc_full_interval_s: float) -> None:
@@ -59,13 +75,18 @@ def _open_store(url: str, parent: int, ledger: Any, replicas: int, gc_full_inter
     threading.Thread(target=exit_with_parent, name="exit-with-worker", daemon=True).start()
 
 
-def _record(updates: list[Any], sinks: list[str], jobs: list[Any], now: Any, events: list[Any] | None) -> None:
+def _record(ticket: int, updates: list[Any], sinks: list[str], jobs: list[Any], now: Any,
+            events: list[Any] | None) -> None:
+    global _STORED
     from streams.runtime import store_batch
 
+    if ticket != _STORED + 1:
+        raise OutOfTurn(f"batch {ticket} arrived before batch {_STORED + 1} was stored")
     try:
         store_batch(_STORE, _LEDGER, updates, sinks, jobs, now, events, _REPLICAS)
     finally:
         _HEAP.after_batch()
+    _STORED = ticket
 
 
 class StoreWriter:
@@ -79,12 +100,20 @@ class StoreWriter:
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
             initializer=_open_store, initargs=(url, os.getpid(), ledger, replicas, gc_full_interval_s),
         )
+        self._tickets = itertools.count()
 
-    async def record(self, updates: list[Any], sinks: list[str], jobs: list[Any], now: Any,
+    def ticket(self) -> int:
+        """The next batch's place in the order of stores: take one per batch, in batch order."""
+        return next(self._tickets)
+
+    async def record(self, ticket: int, updates: list[Any], sinks: list[str], jobs: list[Any], now: Any,
                      events: list[Any] | None) -> None:
-        """Store a batch: its alert updates, the positions and snapshots of its ``PositionJob``s, its events."""
+        """Store a batch: its alert updates, the positions and snapshots of its ``PositionJob``s, its events.
+
+        Raises ``OutOfTurn`` if the batch before ``ticket`` is not stored yet, ``StoreUnavailable`` in an outage.
+        """
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, _record, updates, sinks, jobs, now, events)
+        await loop.run_in_executor(self._pool, _record, ticket, updates, sinks, jobs, now, events)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

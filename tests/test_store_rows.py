@@ -157,7 +157,7 @@ def test_the_store_writer_child_freezes_its_long_lived_ledger_copies_after_each_
         touched, applied, now = next(iter(_batches()))
         runtime.schedule(touched.values(), now.date())
         prepared = runtime.prepare([], touched, now)
-        asyncio.run(writer.record([], [], prepared.jobs, prepared.now, applied))
+        asyncio.run(writer.record(writer.ticket(), [], [], prepared.jobs, prepared.now, applied))
         assert writer._pool.submit(gc.get_freeze_count).result() > 0
     finally:
         writer.close()
