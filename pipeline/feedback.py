@@ -78,6 +78,12 @@ def _optimizer(name: str, learning_rate: float) -> optim.base.Optimizer:
     return {"sgd": optim.SGD, "adagrad": optim.AdaGrad}[name](learning_rate)
 
 
+#: The fields of a position (``Position.to_json``, plus the worker's ``risk_score``) that the features read: a
+#: caller may pass only these (the worker does, for each alerted customer, so as not to write out its invoices).
+POSITION_FIELDS = ("utilisation", "exposure", "overdue", "dso_days", "days_beyond_terms_recent", "days_beyond_terms",
+                   "probability_of_default", "open_disputes", "promises_broken", "risk_score")
+
+
 def _figures(position: Mapping[str, Any] | None, risk: float | None) -> dict[str, float]:
     """The customer's figures, each scaled to about [-1, 3]; absent figures are left out (weight 0)."""
     pos = position or {}

@@ -1025,9 +1025,10 @@ class Position:
     held: list[str]
     totals: dict[str, Decimal]  # issued, adjusted, settled, credited, written_off (limit currency)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """The position as JSON values (Decimal and dates as text); ``names``: only those fields."""
         return _jsonable(
-            {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+            {name: getattr(self, name) for name in (self.__slots__ if names is None else names)}  # type: ignore[attr-defined]
         )
 
 

@@ -46,6 +46,7 @@ from pipeline.clock import Clock, SystemClock
 from pipeline.config import LedgerConfig, Settings
 from pipeline import codec
 from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
+from pipeline.feedback import POSITION_FIELDS
 from pipeline.ledger import apply, position
 
 log = logging.getLogger("creditwatch.worker")
@@ -198,6 +199,16 @@ def position_row(state: Any, today: date, ledger: LedgerConfig, risk_score: floa
     return row
 
 
+_FEEDBACK_FIELDS = tuple(name for name in POSITION_FIELDS if name != "risk_score")
+
+
+def feedback_position(state: Any, today: date, ledger: LedgerConfig, risk_score: float | None) -> dict[str, Any]:
+    """The fields of ``position_row`` that the reviewer-feedback features read, with the same values."""
+    row = position(state, today, ledger).to_json(_FEEDBACK_FIELDS)
+    row["risk_score"] = risk_score
+    return row
+
+
 def store_batch(store: Any, ledger: LedgerConfig, updates: list[AlertUpdate], sinks: list[str],
                 jobs: list[PositionJob], now: datetime, events: list[Any] | None,
                 replicas: LedgerReplicas | None = None) -> None:
@@ -316,7 +327,7 @@ class WorkerRuntime:
             customer_id = update.alert["customer_id"]
             if customer_id not in alerted:
                 record = records.get(customer_id)
-                alerted[customer_id] = None if record is None else position_row(
+                alerted[customer_id] = None if record is None else feedback_position(
                     record.ledger, today, self.settings.ledger, risk_scores[customer_id])
             self.feedback.annotate(update.alert, alerted[customer_id])
         return Prepared(updates, jobs, values, now)

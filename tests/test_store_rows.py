@@ -166,3 +166,23 @@ def test_the_store_writer_child_freezes_its_long_lived_ledger_copies_after_each_
         assert all(store.get_position(customer_id) is not None for customer_id in touched)  # and it was stored
     finally:
         store.close()
+
+
+def test_the_alerted_customers_feedback_features_from_the_few_fields_equal_those_from_the_whole_position(
+        runtime, simulated_records):  # noqa: F811
+    # prepare() hands the reviewer-feedback model only the position fields it reads (POSITION_FIELDS), not the
+    # whole position with every open invoice written out: the features must not change.
+    from pipeline.feedback import FeedbackModel
+    from streams.runtime import feedback_position, position_row
+
+    features = FeedbackModel.features
+    alert = {"detector": "overdue", "severity": "warning", "score": 0.7}
+    seen_figures: set[str] = set()
+    for record in simulated_records.values():
+        for day in (NOW.date(), NOW.date() + timedelta(days=90)):
+            full = position_row(record.ledger, day, runtime.settings.ledger, 0.31)
+            few = feedback_position(record.ledger, day, runtime.settings.ledger, 0.31)
+            assert features(alert, few) == features(alert, full)
+            seen_figures |= set(features(alert, full))
+    # the sample exercises the figures that come from the position
+    assert {"utilisation", "overdue_share", "dso", "days_beyond_terms", "risk"} <= seen_figures
