@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,11 @@ CUSTOMERS, DAYS = 2_000, 365  # a full year per customer: ~101k events in all
 #: Events read by each consumer. The worker stores ~0.4 alert updates per event of a backlog (see run());
 #: at ~80-150 events/s on this shared machine, 100k would take 10-20 minutes per worker run.
 EVENTS = 20_000
+#: Rounds of (ii) and (iii), taking turns. The broker hands each consumer the three topics' records in its own
+#: interleaving, and the engine's work follows it (a customer's payments read before or after its invoices
+#: raise different alerts): (ii)'s alert count moved by a fifth between two runs of the same code. So the
+#: goals are judged on the medians of several rounds, not on one pair.
+ROUNDS = 3
 GOAL_RATE, GOAL_SHARE = 3_000, 0.5
 NO_TICKS_MS = 3_600_000
 
@@ -516,14 +522,16 @@ def run(quick: bool = False) -> str:
 
         results: dict[str, dict[str, Any]] = {}
         results["raw"] = {**raw_consumer(base, total), "load": load_average()}
-        results["free"] = {**framework_free(base, total, with_store=False), "load": load_average()}
         results["free+store"] = {
             **framework_free(base, total, with_store=True, database_url=f"sqlite:///{folder / 'free.db'}"),
             "load": load_average(),
         }
-        worker = run_worker(broker, folder, prefix, total)
-        results["worker"] = {"events": total, "wall": worker["committed_s"], "cpu": worker["cpu"],
-                             "load": worker["load_after"]}
+        rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for _ in range(1 if quick else ROUNDS):
+            free = {**framework_free(base, total, with_store=False), "load": load_average()}
+            worker = run_worker(broker, folder, prefix, total)
+            worker.update(wall=worker["committed_s"], load=worker["load_after"])
+            rounds.append((free, worker))
         profile = None
         if not quick:
             profiled = run_worker(broker, folder, prefix, total, tag="profiled", profile_seconds=45)
@@ -532,8 +540,18 @@ def run(quick: bool = False) -> str:
             keep.parent.mkdir(exist_ok=True)
             shutil.copyfile(profiled["profile"], keep)
 
-    free_rate = results["free"]["events"] / results["free"]["wall"]
-    worker_rate = worker["rate"]
+    free_rates = [free["events"] / free["wall"] for free, _ in rounds]
+    worker_rates = [worker["rate"] for _, worker in rounds]
+    shares = [w / f for f, w in zip(free_rates, worker_rates)]
+    free_rate, worker_rate, share = statistics.median(free_rates), statistics.median(worker_rates), statistics.median(shares)
+    worker = sorted((w for _, w in rounds), key=lambda w: w["rate"])[len(rounds) // 2]  # the median round's worker
+    round_rows = []
+    for n, ((free, one), rate) in enumerate(zip(rounds, free_rates), 1):
+        round_rows += [
+            _row(f"(ii) aiokafka `getmany` + `BatchProcessor` (parse, engine), alerts into a memory sink; round {n} "
+                 f"({free['alerts']:,} alerts)", free, rate),
+            _row(f"**(iii) `creditwatch worker`**, round {n} ({one['alerts']:,.0f} alert updates)", one, rate),
+        ]
     lines_out = [
         "## Worker throughput (embedded broker)",
         "",
@@ -541,28 +559,33 @@ def run(quick: bool = False) -> str:
         f"`simulate(customers={CUSTOMERS:,}, days={DAYS}, seed=1)` (a year of history per customer), published once "
         f"to 3 topics × 8 partitions of one embedded Tansu broker ({', '.join(f'{k}: {v:,}' for k, v in sorted(by_topic.items()))}; "
         f"{publish_s:.0f} s to publish), then read by each consumer below, one after the other in this run, "
-        "each from the beginning. Default thresholds, all detectors and models; clock ticks off "
+        f"each from the beginning; (ii) and (iii) take turns for {len(rounds)} round(s), each (iii) row's × (ii) is "
+        "against the (ii) just before it (the three topics reach each consumer in its own interleaving, which "
+        "changes the engine's work: see the alert counts). Default thresholds, all detectors and models; clock ticks off "
         f"(a per-customer-day cost, see the backtest section). Machine: {machine()}; load average when each "
         "finished is in the table (2 shared cores: other work ran at the same time).",
         "",
         "| consumer | events | wall s | events/s | CPU s (this process) | events per CPU s | × (ii) | load average |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         _row("(i) raw aiokafka consumer, reads only", results["raw"], free_rate),
-        _row("(ii) aiokafka `getmany` + `BatchProcessor` (parse, engine), alerts into a memory sink", results["free"], free_rate),
-        _row("(ii+) (ii) + record encoding + `WorkerRuntime.persist` to SQLite (alerts, outbox, positions, snapshots, events)",
-             results["free+store"], free_rate),
-        _row("**(iii) `creditwatch worker`** (faust, changelog, SQLite store; the store writer and the outbox relay in child processes, whose CPU is not in this row: see below), ready → all offsets committed",
-             results["worker"], free_rate),
+        _row("(ii+) (ii) + record encoding + `WorkerRuntime.persist` to SQLite (alerts, outbox, positions, snapshots, "
+             "events)", results["free+store"], free_rate),
+        *round_rows,
         "",
-        f"Worker start-up (process start → ready line; migrations ran before): {worker['startup']:.1f} s, not counted. "
+        "(i) and (ii+): × the median (ii). (iii) is the `creditwatch worker` (faust, changelog, SQLite store; the store "
+        "writer and the outbox relay in child processes, whose CPU is not in its row: see below), timed from its "
+        "ready line until all offsets are committed.",
+        "",
+        f"Medians of the {len(rounds)} round(s): (ii) {free_rate:,.0f} events/s, worker {worker_rate:,.0f} events/s, "
+        f"worker × (ii) {share:.2f} (rounds: {', '.join(f'{x:.2f}' for x in shares)}). The median worker round: "
+        f"start-up (process start → ready line; migrations ran before): {worker['startup']:.1f} s, not counted. "
         f"First → last event processed (/metrics): {worker['processed_s']:.1f} s; all offsets committed after "
         f"{worker['committed_s']:.1f} s. CPU of the worker's child processes (store writer, outbox relay) meanwhile: "
         f"{worker['children_cpu']:.1f} s, so {worker['events'] / (worker['cpu'] + worker['children_cpu']):,.0f} events "
-        f"per CPU s of the three. Peak RSS of the worker: {worker['rss'] / 2**20:.0f} MiB. "
-        f"Alerts: (ii) {results['free']['alerts']:,}, worker {worker['alerts']:,.0f} alert updates.",
+        f"per CPU s of the three. Peak RSS of the worker: {worker['rss'] / 2**20:.0f} MiB.",
         "",
-        f"Goals: worker ≥ 0.5 × (ii): **{worker_rate / free_rate:.2f}** "
-        f"({'met' if worker_rate >= GOAL_SHARE * free_rate else 'not met'}); worker ≥ {GOAL_RATE:,} events/s: "
+        f"Goals, on the medians: worker ≥ 0.5 × (ii): **{share:.2f}** "
+        f"({'met' if share >= GOAL_SHARE else 'not met'}); worker ≥ {GOAL_RATE:,} events/s: "
         f"**{worker_rate:,.0f}** ({'met' if worker_rate >= GOAL_RATE else 'not met'}).",
     ]
     if profile is not None:
