@@ -17,7 +17,7 @@ from pipeline import codec
 from pipeline.builders import invoice, make, payment, register
 from pipeline.codec_dict import dictionary_bytes
 from pipeline.config import LedgerConfig
-from pipeline.engine import CustomerRecord, RiskEngine, RiskState, decode_record, encode_record
+from pipeline.engine import CustomerRecord, RiskEngine, decode_record, encode_record
 from pipeline.events import validate_event
 from pipeline.ledger import (
     CustomerState,
@@ -26,7 +26,6 @@ from pipeline.ledger import (
     Payment,
     Profile,
     Promise,
-    apply,
     canonical,
     position,
     replay,

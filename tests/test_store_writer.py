@@ -20,7 +20,7 @@ from sinks.base import MemorySink
 from sinks.store import AlertStore, upgrade_database
 from streams.runtime import Prepared, WorkerRuntime
 from streams.store_writer import OutOfTurn, StoreWriter
-from tests.test_delivery_faults import CuttableProxy, db_proxy, postgres_schema  # noqa: F401 - fixtures
+from tests.test_delivery_faults import db_proxy, postgres_schema  # noqa: F401 - fixtures
 
 NOW = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
 
