@@ -195,7 +195,8 @@ class OutboxDeliverer:
         claimed: list[Delivery] = []
         self.more_due = False
         if self.plain_sinks:
-            claim = self.store.due_deliveries(now, limit=self.plain_batch, lease=self.lease, sinks=self.plain_sinks)
+            claim = self.store.due_deliveries(now, limit=self.plain_batch, lease=self.lease, sinks=self.plain_sinks,
+                                              with_refs=False)  # plain sinks send the alert alone
             self.more_due = len(claim) >= self.plain_batch
             claimed.extend(claim)
         # Rich sinks, and sinks this worker does not have (kept for a worker that has them).
