@@ -37,6 +37,7 @@ most of a core and starved the worker of the second core of this machine.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -168,26 +169,29 @@ class StoreWatcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from sqlalchemy import create_engine, text
+        # Only the rows added since the last poll (alerts.id grows with each commit: one writer), through the
+        # driver: the watcher shares the 2 cores with the worker it measures, and a full scan through
+        # SQLAlchemy 100 times a second took CPU the worker's tail then missed.
+        from sqlalchemy.engine import make_url
 
-        engine = create_engine(self.database_url)
-        query = text("SELECT alert_id, event_ids FROM alerts WHERE detector = 'legal_event'")
-        known: set[str] = set()
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            raise ValueError(f"the store watcher reads a SQLite file, not {url.render_as_string()}")
+        connection = sqlite3.connect(url.database, isolation_level=None, check_same_thread=False)
+        last = 0
         try:
-            with engine.connect() as connection:
-                while not self._stop.is_set():
-                    rows = connection.execute(query).all()
-                    connection.commit()  # a fresh snapshot on the next poll
-                    now = time.time()
-                    for alert_id, event_ids in rows:
-                        if alert_id in known:
-                            continue
-                        known.add(alert_id)
-                        for event_id in json.loads(event_ids) if isinstance(event_ids, str) else event_ids:
+            while not self._stop.is_set():
+                rows = connection.execute(
+                    "SELECT id, detector, event_ids FROM alerts WHERE id > ? ORDER BY id", (last,)).fetchall()
+                now = time.time()
+                for row_id, detector, event_ids in rows:
+                    last = row_id
+                    if detector == "legal_event":
+                        for event_id in json.loads(event_ids):
                             self.seen.setdefault(event_id, now)
-                    self._stop.wait(self.interval)
+                self._stop.wait(self.interval)
         finally:
-            engine.dispose()
+            connection.close()
 
 
 def share_within(values: dict[str, float], name: str, bound: float) -> float | None:
