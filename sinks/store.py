@@ -743,11 +743,6 @@ def _alert_values(alert: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
-#: The columns of a stored alert that a higher revision may set (``_apply``).
-_APPLIED = ("severity", "severity_rank", "title", "reasons", "score", "event_ids", "revision", "updated_at",
-            "threshold_version", "feedback", "confirm_probability", "customer_name", "status")
-
-
 def _apply(row: Alert, values: Mapping[str, Any]) -> None:
     """A higher revision onto a stored alert: never a lower severity; raised_at, assignee and Slack thread kept."""
     if values["severity_rank"] >= row.severity_rank:
@@ -1020,7 +1015,8 @@ class AlertStore:
         # History rows as plain values, inserted in one statement: ORM objects cost more to build and to
         # flush than the INSERT itself. Into the table, not the entity: the ORM's bulk insert leaves out the
         # keys whose value is None and starts a new statement whenever that set changes (a statement per
-        # row or two, here). The same for the changed alerts: one UPDATE of every column ``_apply`` sets.
+        # row or two, here). The same for the changed alerts: one UPDATE of every column ``_apply`` set on any
+        # of them (a row whose value of one did not change writes back the value it has).
         history: list[dict[str, Any]] = []
         changed: dict[int, Alert] = {}
         deliveries: list[tuple[str, int, str, int, str, dict[str, Any]]] = []
@@ -1052,9 +1048,15 @@ class AlertStore:
             session.execute(insert(AlertHistory.__table__), history)
         if changed:
             table = Alert.__table__
+            columns = Alert.__mapper__.column_attrs.keys()
+            modified: set[str] = set()
+            for row in changed.values():
+                unmodified = inspect(row).unmodified
+                modified.update(name for name in columns if name not in unmodified)
+            names = sorted(modified)
             statement = update(table).where(table.c.id == bindparam("row_id")).values(
-                {name: bindparam(f"new_{name}") for name in _APPLIED})
-            session.execute(statement, [{"row_id": row_id, **{f"new_{name}": getattr(row, name) for name in _APPLIED}}
+                {name: bindparam(f"new_{name}") for name in names})
+            session.execute(statement, [{"row_id": row_id, **{f"new_{name}": getattr(row, name) for name in names}}
                                         for row_id, row in changed.items()])
             for row in changed.values():
                 session.expunge(row)  # written above: the flush at commit must not write it again
