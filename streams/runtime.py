@@ -192,21 +192,19 @@ def store_rows(jobs: Iterable[PositionJob], now: datetime, ledger: LedgerConfig,
     return positions, snapshots
 
 
-def position_row(state: Any, today: date, ledger: LedgerConfig, risk_score: float | None) -> dict[str, Any]:
-    """A customer's position as the store keeps it: ``Position.to_json`` and the model's risk score."""
-    row = position(state, today, ledger).to_json()
+def position_row(state: Any, today: date, ledger: LedgerConfig, risk_score: float | None,
+                 fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """A customer's position as the store keeps it: ``Position.to_json`` and the model's risk score.
+
+    ``fields``: only those of the position (the reviewer-feedback features read ``FEEDBACK_FIELDS``).
+    """
+    row = position(state, today, ledger).to_json(fields)
     row["risk_score"] = risk_score
     return row
 
 
-_FEEDBACK_FIELDS = tuple(name for name in POSITION_FIELDS if name != "risk_score")
-
-
-def feedback_position(state: Any, today: date, ledger: LedgerConfig, risk_score: float | None) -> dict[str, Any]:
-    """The fields of ``position_row`` that the reviewer-feedback features read, with the same values."""
-    row = position(state, today, ledger).to_json(_FEEDBACK_FIELDS)
-    row["risk_score"] = risk_score
-    return row
+#: The position fields the reviewer-feedback features read (``feedback.POSITION_FIELDS`` but the risk score).
+FEEDBACK_FIELDS = tuple(name for name in POSITION_FIELDS if name != "risk_score")
 
 
 def store_batch(store: Any, ledger: LedgerConfig, updates: list[AlertUpdate], sinks: list[str],
@@ -327,8 +325,8 @@ class WorkerRuntime:
             customer_id = update.alert["customer_id"]
             if customer_id not in alerted:
                 record = records.get(customer_id)
-                alerted[customer_id] = None if record is None else feedback_position(
-                    record.ledger, today, self.settings.ledger, risk_scores[customer_id])
+                alerted[customer_id] = None if record is None else position_row(
+                    record.ledger, today, self.settings.ledger, risk_scores[customer_id], FEEDBACK_FIELDS)
             self.feedback.annotate(update.alert, alerted[customer_id])
         return Prepared(updates, jobs, values, now)
 

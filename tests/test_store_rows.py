@@ -173,7 +173,7 @@ def test_the_alerted_customers_feedback_features_from_the_few_fields_equal_those
     # prepare() hands the reviewer-feedback model only the position fields it reads (POSITION_FIELDS), not the
     # whole position with every open invoice written out: the features must not change.
     from pipeline.feedback import FeedbackModel
-    from streams.runtime import feedback_position, position_row
+    from streams.runtime import FEEDBACK_FIELDS, position_row
 
     features = FeedbackModel.features
     alert = {"detector": "overdue", "severity": "warning", "score": 0.7}
@@ -181,7 +181,7 @@ def test_the_alerted_customers_feedback_features_from_the_few_fields_equal_those
     for record in simulated_records.values():
         for day in (NOW.date(), NOW.date() + timedelta(days=90)):
             full = position_row(record.ledger, day, runtime.settings.ledger, 0.31)
-            few = feedback_position(record.ledger, day, runtime.settings.ledger, 0.31)
+            few = position_row(record.ledger, day, runtime.settings.ledger, 0.31, FEEDBACK_FIELDS)
             assert features(alert, few) == features(alert, full)
             seen_figures |= set(features(alert, full))
     # the sample exercises the figures that come from the position
