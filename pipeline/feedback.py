@@ -57,12 +57,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Iterable, Mapping
-
-from river import linear_model, optim
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pipeline.alerts import finite_float
-from pipeline.models import _clip, _logit, roc_auc
+from pipeline.scoring import clip as _clip, logit as _logit, roc_auc
+
+if TYPE_CHECKING:
+    from river import optim
 
 #: The status a verdict moves an alert to → the label it gives.
 VERDICTS: dict[str, str] = {"resolved": "confirmed", "false_positive": "false_positive"}
@@ -75,6 +76,8 @@ SNAPSHOT_VERSION = 1
 
 
 def _optimizer(name: str, learning_rate: float) -> optim.base.Optimizer:
+    from river import optim
+
     return {"sgd": optim.SGD, "adagrad": optim.AdaGrad}[name](learning_rate)
 
 
@@ -166,6 +169,10 @@ class FeedbackModel:
         self.l2 = l2
         self.min_verdicts = min_verdicts
         self.settle_s = settle_s
+        # river (and scipy under it) only where a model is made: the store writer and the outbox relay import
+        # this module for POSITION_FIELDS and would pay for it at every start.
+        from river import linear_model
+
         self.model = linear_model.LogisticRegression(
             optimizer=_optimizer(optimizer, learning_rate), l2=l2, intercept_init=_logit(prior_confirm_rate),
             intercept_lr=learning_rate,

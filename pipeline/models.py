@@ -102,6 +102,7 @@ from river import linear_model, metrics, optim
 from detectors.base import ModelSignals
 from pipeline.config import LedgerConfig
 from pipeline.events import Event, InvalidEvent, parse_event, validate_event
+from pipeline.scoring import clip as _clip, logit as _logit, roc_auc
 from pipeline.ledger import (
     DEFAULT_CONFIG,
     Allocation,
@@ -170,15 +171,6 @@ LEGAL_ACTIVE_DAYS = 365
 LEGAL_WEIGHT = {"insolvency_filing": 0.5, "liquidation": 0.6, "court_judgment": 0.2, "other": 0.05}
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 0.005), 0.995)
-    return math.log(p / (1.0 - p))
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    return low if value < low else high if value > high else value
-
-
 def _r(value: float, digits: int = 4) -> float:
     return round(value, digits)
 
@@ -197,29 +189,6 @@ def _base_float(amount: Decimal) -> float:
 
 
 # --- evaluation helpers ----------------------------------------------------------
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[int | bool]) -> float | None:
-    """Exact ROC AUC by ranks (ties count half); None when one class is missing.
-
-    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-    0.75
-    """
-    pairs = sorted(zip(scores, labels), key=lambda pair: pair[0])
-    positives = sum(1 for _, y in pairs if y)
-    negatives = len(pairs) - positives
-    if not positives or not negatives:
-        return None
-    rank_sum = 0.0
-    i = 0
-    while i < len(pairs):
-        j = i
-        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
-            j += 1
-        mid_rank = (i + j) / 2 + 1
-        rank_sum += mid_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
-        i = j + 1
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def auc_by_issue_date(predictions: Iterable[tuple[int, float, int]], last_fraction: float = 1.0) -> float | None:

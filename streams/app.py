@@ -570,6 +570,8 @@ def build_app(settings: Settings, runtime: WorkerRuntime, tick_interval_s: float
 
     @app.task
     async def announce_ready(app: faust.App) -> None:
+        if runtime.writer is not None:
+            await runtime.writer.start()
         await app.tables.recovery.completed.wait()
         metrics.ready = True
         print(f"creditwatch worker ready (group {settings.consumer_group}, {settings.partitions} partitions)",

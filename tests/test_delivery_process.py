@@ -65,6 +65,8 @@ def test_the_delivery_child_delivers_every_alert_and_it_and_the_store_writer_die
     worker.wait_ready(timeout=60)
     child = wait_for(lambda: delivery_children(worker.pid), 10, "a delivery process under the worker")
     assert len(child) == 1, child
+    # The store writer is up at the ready line, before any batch: its start-up is not paid by the first batches.
+    assert len(children(worker.pid, b"multiprocessing.spawn")) == 1
 
     ingest_file(EXAMPLES, settings)
     store = AlertStore(settings.resolved_database_url)

@@ -457,5 +457,8 @@ def test_module_examples_run():
     import doctest
 
     import pipeline.models
+    import pipeline.scoring
 
-    assert doctest.testmod(pipeline.models).failed == 0
+    for module in (pipeline.models, pipeline.scoring):
+        outcome = doctest.testmod(module)
+        assert outcome.attempted > 0 and outcome.failed == 0, module.__name__
