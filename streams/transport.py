@@ -1,4 +1,4 @@
-"""faust's aiokafka transport with the four changes creditwatch needs.
+"""faust's aiokafka transport with the five changes creditwatch needs.
 
 1. ``fetch_max_wait_ms`` is configurable. faust hard-codes 1500 ms; the
    embedded broker answers a fetch with no new data only at that deadline, so
@@ -35,16 +35,32 @@
    pins aiokafka's behaviour; ``tests/test_worker.py`` failed this way in 3
    of about 120 runs).
 
+5. Fetched records reach the streams with one guard per fetched chunk, not
+   per record. faust's ``Consumer._drain_messages`` hands each record over
+   under ``wait_first(callback(record), suspend_flow.wait())``: four asyncio
+   tasks and an ``asyncio.wait`` per record, so that a rebalance (which
+   suspends the flow) can abandon a hand-over blocked on a full stream
+   queue. That was about 50 µs of the worker's event loop per event. Here
+   one ``wait_first`` guards the hand-over of the whole chunk a ``getmany``
+   returned, and what faust does record by record is kept: before each
+   record, the checks faust's ``getmany`` makes between the records it
+   yields (flow still active, same consumer generation; the rest of the
+   chunk is left, as there); when the flow is suspended during a hand-over,
+   the record being handed over counts as read and the rest of the chunk is
+   left, as faust's loop does (``tests/test_transport.py``).
+
 The transport is registered under the URL scheme ``creditwatch-kafka://``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
 from aiokafka.protocol.fetch import FetchRequest
 from faust.transport import drivers
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -133,8 +149,82 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    #: Records handed over between two yields to the event loop (faust's figure).
+    YIELD_EVERY = 100
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # See (5) above: faust's loop (faust/transport/consumer.py, 0.15), with the guard moved from the record
+        # to the chunk. What faust's getmany checks between yields is checked here before each hand-over.
+        callback = self.callback
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)  # (as faust: getmany may return at once, again and again)
+                if not self.should_stop:
+                    chunk = [item async for item in records]
+                    # The generation getmany yielded these under: it reads it after its wait for records, and
+                    # nothing runs between that and the end of the chunk (getmany yields without awaiting).
+                    generation = self.app.consumer_generation_id
+                    if chunk:
+                        in_flight: list[Any] = [None]
+                        await self.wait_first(self._hand_over(chunk, generation, callback, read_offset,
+                                                              acks_enabled_for, in_flight),
+                                              self.suspend_flow.wait())
+                        if in_flight[0] is not None:
+                            # Abandoned mid-hand-over (the flow was suspended): faust counts that one as read.
+                            tp, offset = in_flight[0]
+                            read_offset[tp] = offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _hand_over(self, chunk: list[tuple[TP, Any]], generation: int, callback: Callable[[Any], Any],
+                         read_offset: Any, acks_enabled_for: Callable[[str], bool], in_flight: list[Any]) -> None:
+        since_yield = 0
+        for tp, message in chunk:
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # what faust's getmany would not have yielded
+            since_yield += 1
+            if since_yield > self.YIELD_EVERY:
+                await asyncio.sleep(0)
+                since_yield = 0
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    return
+            offset = message.offset
+            last = read_offset[tp]
+            if last is not None and offset < last:
+                continue  # read already (faust drops it too)
+            gap = offset - (last or 0)
+            if gap > 1 and last and acks_enabled_for(message.topic):
+                await self._add_gap(tp, last + 1, offset)
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+            in_flight[0] = (tp, offset)
+            await callback(message)
+            in_flight[0] = None
+            read_offset[tp] = offset
 
     async def perform_seek(self) -> None:
         # See (3) above. Callers: Recovery.on_recovery_completed and
