@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from detectors.config import Thresholds
 from pipeline.backtest import BacktestResult, build_engine, run_backtest
