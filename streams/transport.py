@@ -158,11 +158,8 @@ class Consumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:
         # See (5) above: faust's loop (faust/transport/consumer.py, 0.15), with the guard moved from the record
         # to the chunk. What faust's getmany checks between yields is checked here before each hand-over.
-        callback = self.callback
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
-        read_offset = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
@@ -175,13 +172,11 @@ class Consumer(faust_aiokafka.Consumer):
                     generation = self.app.consumer_generation_id
                     if chunk:
                         in_flight: list[Any] = [None]
-                        await self.wait_first(self._hand_over(chunk, generation, callback, read_offset,
-                                                              acks_enabled_for, in_flight),
-                                              self.suspend_flow.wait())
+                        await self.wait_first(self._hand_over(chunk, generation, in_flight), self.suspend_flow.wait())
                         if in_flight[0] is not None:
                             # Abandoned mid-hand-over (the flow was suspended): faust counts that one as read.
                             tp, offset = in_flight[0]
-                            read_offset[tp] = offset
+                            self._read_offset[tp] = offset
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -199,18 +194,19 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _hand_over(self, chunk: list[tuple[TP, Any]], generation: int, callback: Callable[[Any], Any],
-                         read_offset: Any, acks_enabled_for: Callable[[str], bool], in_flight: list[Any]) -> None:
+    async def _hand_over(self, chunk: list[tuple[TP, Any]], generation: int, in_flight: list[Any]) -> None:
+        """Hand ``chunk`` to the streams in order; ``in_flight[0]`` is (tp, offset) of a hand-over under way."""
+        callback = self.callback
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
         since_yield = 0
         for tp, message in chunk:
-            if not self.flow_active or self.app.consumer_generation_id != generation:
-                return  # what faust's getmany would not have yielded
             since_yield += 1
             if since_yield > self.YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
-                if not self.flow_active or self.app.consumer_generation_id != generation:
-                    return
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # what faust's getmany would not have yielded
             offset = message.offset
             last = read_offset[tp]
             if last is not None and offset < last:
