@@ -76,6 +76,8 @@ class Settings:
     #: How many events one batch may hold, and how long to wait to fill it.
     batch_max: int = 1000
     batch_wait_s: float = 0.02
+    #: How long a batch may keep filling while a backlog waits behind it (``CommitThenAckStream.take_batches``).
+    batch_backlog_wait_s: float = 0.2
     #: How often a worker checks whether the clock reached a customer's wake-up day.
     tick_interval_s: float = 30.0
     #: An accelerated clock for demos: speed × wall time from the anchor (ISO time). 1 and "" = real time.
@@ -227,6 +229,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("CREDITWATCH_BROKER_URL is empty")
     if "://" not in broker_url:
         broker_url = f"kafka://{broker_url}"
+    batch_wait_ms = _int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000)
+    batch_backlog_wait_ms = _int(env, "CREDITWATCH_BATCH_BACKLOG_WAIT_MS", max(200, batch_wait_ms), 1, 60_000)
+    if batch_backlog_wait_ms < batch_wait_ms:
+        raise ConfigError(f"CREDITWATCH_BATCH_BACKLOG_WAIT_MS={batch_backlog_wait_ms} is shorter than "
+                          f"CREDITWATCH_BATCH_WAIT_MS={batch_wait_ms}")
     return Settings(
         broker_url=broker_url,
         database_url=env.get("CREDITWATCH_DATABASE_URL", ""),
@@ -237,7 +244,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fetch_max_wait_ms=_int(env, "CREDITWATCH_FETCH_MAX_WAIT_MS", 20, 0, 60_000),
         session_timeout_s=_int(env, "CREDITWATCH_SESSION_TIMEOUT_MS", 6000, 1000, 300_000) / 1000,
         batch_max=_int(env, "CREDITWATCH_BATCH_MAX", 1000, 1, 100_000),
-        batch_wait_s=_int(env, "CREDITWATCH_BATCH_WAIT_MS", 20, 1, 10_000) / 1000,
+        batch_wait_s=batch_wait_ms / 1000,
+        batch_backlog_wait_s=batch_backlog_wait_ms / 1000,
         tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
         health_port=_int(env, "CREDITWATCH_HEALTH_PORT", 0, 0, 65535),
         threshold_poll_s=_int(env, "CREDITWATCH_THRESHOLD_POLL_MS", 2000, 100, 60_000) / 1000,

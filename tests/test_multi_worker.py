@@ -96,9 +96,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 EVENTS = int(os.environ.get("CREDITWATCH_TEST_MULTI_WORKER_EVENTS", "50000"))
 PARTITIONS = 8
-#: CREDITWATCH_BATCH_MAX and CREDITWATCH_BATCH_WAIT_MS of the workers. faust's take() adds nothing to a batch
-#: while the previous one is being processed, so with the default 20 ms wait a worker with a backlog makes
-#: batches of what arrives in 20 ms, and pays a store transaction and a position per customer for each.
+#: CREDITWATCH_BATCH_MAX and CREDITWATCH_BATCH_WAIT_MS of the workers. The test publishes in chunks, so a
+#: worker is often caught up, and then a batch closes after the wait (a backlog keeps it filling longer, see
+#: CommitThenAckStream.take_batches); a long wait makes fewer, larger batches, each one store transaction.
 BATCH_MAX = 2000
 BATCH_WAIT_MS = 250
 #: Clock ticks this often, so that some run while a takeover recovers the table (they must wait for it).
