@@ -316,7 +316,8 @@ def run(quick: bool = False) -> str:
         "",
         f"Measured {started_text} by `benchmarks/worker_latency.py` on a fresh embedded Tansu broker: one "
         f"`creditwatch worker` (SQLite store, all detectors and models, default settings: fetch wait "
-        f"{settings.fetch_max_wait_ms} ms, batches of ≤ {settings.batch_max} events or {settings.batch_wait_s * 1000:.0f} ms), "
+        f"{settings.fetch_max_wait_ms} ms, batches of ≤ {settings.batch_max} events or {settings.batch_wait_s * 1000:.0f} ms, "
+        f"up to {settings.batch_backlog_wait_s * 1000:.0f} ms while a backlog waits), "
         f"{CUSTOMERS:,} customers registered beforehand with an invoice each (start-up ≤ {startup:.1f} s, not counted). "
         "A producer sends live events at a steady rate (invoices, payments, and one court judgment in "
         f"{LEGAL_EVERY}, each raising a warning alert). In one run, each mix below on a broker and worker of its "
