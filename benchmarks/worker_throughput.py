@@ -527,11 +527,19 @@ def run(quick: bool = False) -> str:
             "load": load_average(),
         }
         rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        pinned_rounds: list[dict[str, Any]] = []
+        cpus = sorted(os.sched_getaffinity(0))
+        pinning = {"CREDITWATCH_WORKER_CPUS": str(cpus[0]),
+                   "CREDITWATCH_CHILD_CPUS": ",".join(map(str, cpus[1:]))} if len(cpus) > 1 else None
         for _ in range(1 if quick else ROUNDS):
             free = {**framework_free(base, total, with_store=False), "load": load_average()}
             worker = run_worker(broker, folder, prefix, total)
             worker.update(wall=worker["committed_s"], load=worker["load_after"])
             rounds.append((free, worker))
+            if pinning is not None:
+                pinned = run_worker(broker, folder, prefix, total, tag="pinned", **pinning)
+                pinned.update(wall=pinned["committed_s"], load=pinned["load_after"])
+                pinned_rounds.append(pinned)
         profile = None
         if not quick:
             profiled = run_worker(broker, folder, prefix, total, tag="profiled", profile_seconds=45)
@@ -551,6 +559,26 @@ def run(quick: bool = False) -> str:
             _row(f"(ii) aiokafka `getmany` + `BatchProcessor` (parse, engine), alerts into a memory sink; round {n} "
                  f"({free['alerts']:,} alerts)", free, rate),
             _row(f"**(iii) `creditwatch worker`**, round {n} ({one['alerts']:,.0f} alert updates)", one, rate),
+        ]
+        if pinned_rounds:
+            pinned = pinned_rounds[n - 1]
+            round_rows.append(_row(
+                f"(iii-p) the worker with `CREDITWATCH_WORKER_CPUS={pinning['CREDITWATCH_WORKER_CPUS']}`, "
+                f"`CREDITWATCH_CHILD_CPUS={pinning['CREDITWATCH_CHILD_CPUS']}`, round {n} "
+                f"({pinned['alerts']:,.0f} alert updates)", pinned, rate))
+    pinned_summary = []
+    if pinned_rounds:
+        pinned_rates = [p["rate"] for p in pinned_rounds]
+        pinned_shares = [p / f for f, p in zip(free_rates, pinned_rates)]
+        pinned_rate, pinned_share = statistics.median(pinned_rates), statistics.median(pinned_shares)
+        pinned_summary = [
+            "",
+            f"With the worker pinned to one CPU and its children to the other (iii-p; an operator's setting, "
+            f"`streams/affinity.py`, not the default): median {pinned_rate:,.0f} events/s, × (ii) {pinned_share:.2f} "
+            f"(rounds: {', '.join(f'{x:.2f}' for x in pinned_shares)}); against the default worker of the same "
+            f"rounds: {statistics.median(p / w for p, w in zip(pinned_rates, worker_rates)):.2f}×. On the goals: "
+            f"≥ 0.5 × (ii) {'met' if pinned_share >= GOAL_SHARE else 'not met'}, ≥ {GOAL_RATE:,} events/s "
+            f"{'met' if pinned_rate >= GOAL_RATE else 'not met'}.",
         ]
     lines_out = [
         "## Worker throughput (embedded broker)",
@@ -572,7 +600,7 @@ def run(quick: bool = False) -> str:
              "events)", results["free+store"], free_rate),
         *round_rows,
         "",
-        "(i) and (ii+): × the median (ii). (iii) is the `creditwatch worker` (faust, changelog, SQLite store; the store "
+        "(i) and (ii+): × the median (ii); (iii-p): × the (ii) of its round. (iii) is the `creditwatch worker` (faust, changelog, SQLite store; the store "
         "writer and the outbox relay in child processes, whose CPU is not in its row: see below), timed from its "
         "ready line until all offsets are committed.",
         "",
@@ -587,6 +615,7 @@ def run(quick: bool = False) -> str:
         f"Goals, on the medians: worker ≥ 0.5 × (ii): **{share:.2f}** "
         f"({'met' if share >= GOAL_SHARE else 'not met'}); worker ≥ {GOAL_RATE:,} events/s: "
         f"**{worker_rate:,.0f}** ({'met' if worker_rate >= GOAL_RATE else 'not met'}).",
+        *pinned_summary,
     ]
     if profile is not None:
         categories, leaves, samples = profile

@@ -78,6 +78,9 @@ class Settings:
     batch_wait_s: float = 0.02
     #: How long a batch may keep filling while a backlog waits behind it (``CommitThenAckStream.take_batches``).
     batch_backlog_wait_s: float = 0.2
+    #: CPUs for the worker process and for its children (``streams.affinity``); None: as the system schedules.
+    worker_cpus: frozenset[int] | None = None
+    child_cpus: frozenset[int] | None = None
     #: How often a worker checks whether the clock reached a customer's wake-up day.
     tick_interval_s: float = 30.0
     #: An accelerated clock for demos: speed × wall time from the anchor (ISO time). 1 and "" = real time.
@@ -144,6 +147,27 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def parse_cpus(name: str, text: str) -> frozenset[int]:
+    """A CPU list as ``taskset`` takes it (``0``, ``0-3``, ``0,2-3``) → the CPU numbers; ConfigError naming ``name``."""
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a CPU list (like 0, 0-3 or 0,2-3)") from None
+        if first < 0 or last < first:
+            raise ConfigError(f"{name}={text!r} is not a CPU list (like 0, 0-3 or 0,2-3)")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def _cpus(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    raw = env.get(name, "").strip()
+    return parse_cpus(name, raw) if raw else None
 
 
 def _fx_rates(raw: str) -> dict[str, Decimal]:
@@ -246,6 +270,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_max=_int(env, "CREDITWATCH_BATCH_MAX", 1000, 1, 100_000),
         batch_wait_s=batch_wait_ms / 1000,
         batch_backlog_wait_s=batch_backlog_wait_ms / 1000,
+        worker_cpus=_cpus(env, "CREDITWATCH_WORKER_CPUS"),
+        child_cpus=_cpus(env, "CREDITWATCH_CHILD_CPUS"),
         tick_interval_s=_int(env, "CREDITWATCH_TICK_INTERVAL_MS", 30_000, 100, 3_600_000) / 1000,
         health_port=_int(env, "CREDITWATCH_HEALTH_PORT", 0, 0, 65535),
         threshold_poll_s=_int(env, "CREDITWATCH_THRESHOLD_POLL_MS", 2000, 100, 60_000) / 1000,

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"creditwatch delivery: error: {problem}", file=sys.stderr)
         return 2
     quiet_logging(getattr(logging, settings.log_level))
+    from streams.affinity import pin_child
+
+    pin_child()
     stop = StopFlag()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the worker too, which stops us in order

@@ -55,7 +55,10 @@ class OutOfTurn(Exception):
 def _open_store(url: str, parent: int, ledger: Any, replicas: int, gc_full_interval_s: float) -> None:
     global _STORE, _LEDGER, _REPLICAS, _HEAP
     from sinks.store import AlertStore
+    from streams.affinity import pin_child
     from streams.delivery import die_with_parent
+
+    pin_child()
     from streams.runtime import LedgerReplicas, LongLivedHeap
 
     if not die_with_parent(parent):

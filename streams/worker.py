@@ -154,6 +154,13 @@ def run_worker(settings: Settings, thresholds_path: Path | None = None) -> int:
     from streams.app import build_app
 
     quiet_logging(getattr(logging, settings.log_level))
+    from streams.affinity import AffinityError, pin_worker
+
+    try:
+        pin_worker(settings.worker_cpus, settings.child_cpus)  # before any child is started: they inherit it
+    except AffinityError as problem:
+        print(f"creditwatch: error: {problem}", file=sys.stderr)
+        return 2
     if os.environ.get("CREDITWATCH_NAIVE_RECOVERY") == "1":
         # Test-only: faust's own ListOffsets-based recovery ends, which lose the
         # last changelog batch on Tansu (see streams.transport). Exists so that
