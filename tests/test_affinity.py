@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import ConfigError, load_settings, parse_cpus
 from streams.affinity import AffinityError, cpu_list, pin_worker
+from tests.test_delivery_process import wait_for
 from tests.worker_harness import children, cli_env, delivery_children, run_cli
 
 AVAILABLE = sorted(os.sched_getaffinity(0))
@@ -63,17 +63,6 @@ def test_the_worker_command_refuses_an_unavailable_cpu_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"creditwatch: error: CREDITWATCH_WORKER_CPUS={missing}: CPU {missing} is not available to this process "
         f"(available: {cpu_list(frozenset(AVAILABLE))})"]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.1)
 
 
 def started_worker(broker, prefix: str, tmp_path: Path, workers, **cpus: str):
