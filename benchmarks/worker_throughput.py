@@ -601,8 +601,9 @@ def run(quick: bool = False) -> str:
              "events)", results["free+store"], free_rate),
         *round_rows,
         "",
-        "(i) and (ii+): × the median (ii); (iii-p): × the (ii) of its round. (iii) is the `creditwatch worker` (faust, changelog, SQLite store; the store "
-        "writer and the outbox relay in child processes, whose CPU is not in its row: see below), timed from its "
+        "(i) and (ii+): × the median (ii); (iii-p): × the (ii) of its round. (iii) is the `creditwatch worker` "
+        "(faust, changelog, SQLite store; the store writer and the outbox relay in child processes, whose CPU is "
+        "not in its row: see below), timed from its "
         "ready line until all offsets are committed.",
         "",
         f"Medians of the {len(rounds)} round(s): (ii) {free_rate:,.0f} events/s, worker {worker_rate:,.0f} events/s, "

@@ -50,13 +50,12 @@ def check_available(name: str, cpus: frozenset[int]) -> None:
 
 
 def pin_process(cpus: frozenset[int]) -> None:
-    """Every thread of this process (and what it starts from now on) on ``cpus``."""
+    """Every thread of this process (the calling one among them, and so what it starts from now on) on ``cpus``."""
     for task in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(task), cpus)
         except ProcessLookupError:  # a thread that ended meanwhile
             pass
-    os.sched_setaffinity(0, cpus)
 
 
 def pin_worker(worker_cpus: frozenset[int] | None, child_cpus: frozenset[int] | None) -> None:

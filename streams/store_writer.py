@@ -57,9 +57,9 @@ def _open_store(url: str, parent: int, ledger: Any, replicas: int, gc_full_inter
     from sinks.store import AlertStore
     from streams.affinity import pin_child
     from streams.delivery import die_with_parent
+    from streams.runtime import LedgerReplicas, LongLivedHeap
 
     pin_child()
-    from streams.runtime import LedgerReplicas, LongLivedHeap
 
     if not die_with_parent(parent):
         os._exit(0)
